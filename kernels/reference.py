@@ -1,0 +1,132 @@
+"""Plain torch references for the paged-attention kernels.
+
+These are the ground truth the Triton kernels are tested against, and the attention the engine
+runs on the CPU. They favour clarity over speed: one sequence at a time, computed in float32.
+
+Cache layout (one layer):
+    k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    kv_scales:        optional (k_scale, v_scale), each [num_blocks, block_size, num_kv_heads],
+                      for INT8 / FP8 caches: the stored value times its scale is the real value.
+A sequence's token at logical slot i lives in block block_table[i // block_size], offset
+i % block_size.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gather_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_len: int,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `seq_len` slots of one sequence as contiguous float32 [seq_len, Hkv, D] K and V."""
+    block_size = k_cache.shape[1]
+    num_blocks = -(-seq_len // block_size)
+    ids = block_table[:num_blocks].long()
+    k = k_cache[ids].flatten(0, 1)[:seq_len].float()  # [L, Hkv, D]
+    v = v_cache[ids].flatten(0, 1)[:seq_len].float()
+    if kv_scales is not None:
+        k_scale, v_scale = kv_scales
+        k = k * k_scale[ids].flatten(0, 1)[:seq_len, :, None].float()
+        v = v * v_scale[ids].flatten(0, 1)[:seq_len, :, None].float()
+    return k, v
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+            mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [N, Hq, D], k/v [L, Hkv, D] (float32), mask [N, L] bool (True = may attend).
+
+    Returns out [N, Hq, D] and probs [N, Hq, L]. Query heads are grouped: head h reads kv head
+    h // (Hq // Hkv), as in grouped-query attention.
+    """
+    num_heads, num_kv_heads = q.shape[1], k.shape[1]
+    group = num_heads // num_kv_heads
+    k = k.repeat_interleave(group, dim=1)  # [L, Hq, D]
+    v = v.repeat_interleave(group, dim=1)
+    logits = torch.einsum("nhd,lhd->nhl", q.float(), k) * scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.nan_to_num(probs)  # a fully masked row attends to nothing
+    return torch.einsum("nhl,lhd->nhd", probs, v), probs
+
+
+def paged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    score_out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One new query token per sequence against its whole paged context.
+
+    q [B, Hq, D]; block_tables [B, max_blocks] int; seq_lens [B] int (slots to read, >= 0).
+    score_out, if given, is [B, Hkv, max_slots] float32 and receives, added in place, the
+    attention probability each cached slot got, summed over the query heads of its group.
+    Returns [B, Hq, D] in q's dtype.
+    """
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.zeros(batch, num_heads, head_dim, dtype=torch.float32, device=q.device)
+    for b in range(batch):
+        seq_len = int(seq_lens[b])
+        if seq_len == 0:
+            continue
+        k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales)
+        o, probs = _attend(q[b : b + 1], k, v, scale, None)
+        out[b] = o[0]
+        if score_out is not None:
+            score_out[b, :, :seq_len] += probs[0].view(num_kv_heads, group, seq_len).sum(1)
+    return out.to(q.dtype)
+
+
+def paged_prefill_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Causal attention for chunks of new tokens whose K/V are already written to the cache.
+
+    q [T, Hq, D] packed over sequences; cu_seqlens_q [B + 1] are the offsets of each sequence's
+    queries in q; seq_lens [B] counts each sequence's slots including its new tokens, so the
+    n new tokens of sequence b sit at slots seq_lens[b] - n ... seq_lens[b] - 1 (a cached prefix
+    or earlier chunks fill the slots before them). Returns [T, Hq, D] in q's dtype.
+    """
+    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    for b in range(len(seq_lens)):
+        start, end = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        num_new, seq_len = end - start, int(seq_lens[b])
+        if num_new == 0:
+            continue
+        k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales)
+        query_slot = torch.arange(seq_len - num_new, seq_len, device=q.device)
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= query_slot[:, None]
+        out[start:end], _ = _attend(q[start:end], k, v, scale, mask)
+    return out.to(q.dtype)
+
+
+def write_kv_ref(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Scatter new K/V [T, Hkv, D] to flat slots (block_id * block_size + offset); -1 = skip."""
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep].long()
+    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
+    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
