@@ -130,3 +130,31 @@ def write_kv_ref(
     slots = slot_mapping[keep].long()
     k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+
+
+# Quantized KV: one scale per (token, kv head), stored as float16 beside the cache.
+# Symmetric INT8: scale = amax / 127, q = clamp(round(x / scale), -127, 127).
+# FP8 e4m3:       scale = amax / 448, q = (x / scale) cast to float8_e4m3fn.
+# The division uses the scale after its float16 rounding, so dequantization (q * scale) is the
+# exact inverse up to the rounding of q. An all-zero row gets scale 1.
+QUANT_MAX = {torch.int8: 127.0}
+if hasattr(torch, "float8_e4m3fn"):
+    QUANT_MAX[torch.float8_e4m3fn] = 448.0
+
+
+def quantize_ref(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (q [..., D] in dtype, scale [...] float16), one scale per row of D."""
+    qmax = QUANT_MAX[dtype]
+    amax = x.float().abs().amax(dim=-1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).to(torch.float16)
+    y = x.float() / scale.float()[..., None]
+    if dtype == torch.int8:
+        q = y.round().clamp(-qmax, qmax).to(torch.int8)
+    else:
+        q = y.clamp(-qmax, qmax).to(dtype)
+    return q, scale
+
+
+def dequantize_ref(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(q [..., D], scale [...]) -> float32 [..., D]."""
+    return q.float() * scale.float()[..., None]
