@@ -1,0 +1,1 @@
+"""Model loaders: GGUF files, Hugging Face checkpoint directories, seeded random weights."""
