@@ -38,8 +38,10 @@ class Tokenizer:
         kind = fields.get("tokenizer.ggml.model")
         if kind != "gpt2":
             raise ModelLoadError(f"{where}: tokenizer type {kind!r} is not supported (supported: 'gpt2' BPE)")
-        tokens = fields["tokenizer.ggml.tokens"]
-        merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+        tokens = fields.get("tokenizer.ggml.tokens")
+        if not tokens:
+            raise ModelLoadError(f"{where}: GGUF metadata has no 'tokenizer.ggml.tokens'")
+        merges = [tuple(m.split(" ", 1)) for m in fields.get("tokenizer.ggml.merges") or []]
         hf = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
                                     ignore_merges=False))
         split = pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated")
