@@ -1,0 +1,1 @@
+"""Step executors behind one interface (see `analytic.AnalyticBackend` for the contract)."""

@@ -1,0 +1,63 @@
+"""The analytic backend: no tensors; a step's duration comes from the cost model.
+
+Backend contract (the compute backend follows it too):
+  execute(scheduled, kv) -> StepResult       duration and, where real, the new token ids
+  select_evictions(seq_id, kv, n) -> slots   logical slots to evict from a sequence
+  on_moves(seq_id, moves), on_free(seq_id)   keep per-slot state in step with the manager
+`scheduled` is the scheduler's list of items, each with .seq (.seq_id, .request, .output_ids),
+.start, .num_new_tokens, .produces_token, .slots, .seq.is_decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.cost_model import CostModel, StepShape, causal_pairs
+
+
+@dataclass
+class StepResult:
+    duration_s: float
+    token_ids: dict[int, int] | None = None  # seq_id -> new token (compute backend only)
+
+
+def step_shape(scheduled, swap_bytes: int = 0, copy_bytes: int = 0, decode_context=None) -> StepShape:
+    """Aggregate a step for the cost model. decode_context(item) -> tokens a decode reads
+    (default: its context; the backends pass the manager's slot count, which eviction bounds)."""
+    num_tokens = logits = dctx = pairs = pctx = 0
+    for item in scheduled:
+        num_tokens += item.num_new_tokens
+        logits += item.produces_token
+        if item.seq.is_decoding:
+            dctx += decode_context(item) if decode_context else item.start + 1
+        else:
+            pairs += causal_pairs(item.start, item.num_new_tokens)
+            pctx += item.start + item.num_new_tokens
+    return StepShape(num_tokens, logits, dctx, pairs, pctx, swap_bytes, copy_bytes)
+
+
+class AnalyticBackend:
+    def __init__(self, cost_model: CostModel, sink_tokens: int = 4):
+        self.cost = cost_model
+        self.sink_tokens = sink_tokens
+        self._ring: dict[int, int] = {}
+
+    def execute(self, scheduled, kv, swap_bytes: int = 0) -> StepResult:
+        shape = step_shape(scheduled, swap_bytes, decode_context=lambda it: kv.num_slots(it.seq.seq_id))
+        return StepResult(self.cost.step_time(shape))
+
+    def select_evictions(self, seq_id: int, kv, n: int) -> list[int]:
+        """Which tokens go does not change any count, so no scores are kept: the slots after
+        the sinks are taken round-robin (dense slots, StreamingLLM's order when no moves)."""
+        num_slots = kv.num_slots(seq_id)
+        sinks = min(self.sink_tokens, num_slots - n)
+        span = num_slots - sinks
+        start = self._ring.get(seq_id, 0)
+        self._ring[seq_id] = (start + n) % span
+        return [sinks + (start + i) % span for i in range(n)]
+
+    def on_moves(self, seq_id: int, moves) -> None:
+        pass
+
+    def on_free(self, seq_id: int) -> None:
+        self._ring.pop(seq_id, None)

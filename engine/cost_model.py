@@ -1,0 +1,69 @@
+"""Step duration from a step's composition: a roofline over the model shape and the GPU.
+
+Each part of a step is either bandwidth-bound or compute-bound, and takes the larger of its two
+times: the linear layers (weights read once per step, 2 FLOPs per weight per token), the
+LM head (only for the rows that produce a token), decode attention (every cached K/V byte read
+once, scales included), prefill attention (causal FLOPs over the chunk and its context), the
+cache writes, swap traffic over the host link, plus a fixed per-step and per-layer overhead.
+Calibrated profiles (`kvsim profile`) replace the efficiencies with measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import ModelConfig
+from engine.gpus import GPU
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """What a step costs depends on these aggregates only (so equal shapes cost the same)."""
+
+    num_tokens: int  # tokens fed (prefill chunks + decode tokens)
+    num_logits: int  # rows that produce a token
+    decode_context_tokens: int = 0  # sum over decoding sequences of the tokens they read
+    prefill_attn_pairs: int = 0  # sum over chunks of (query, key) pairs under the causal mask
+    prefill_context_tokens: int = 0  # sum over chunks of the tokens they read
+    swap_bytes: int = 0
+    copy_bytes: int = 0
+
+
+def causal_pairs(start: int, num_new: int) -> int:
+    """(query, key) pairs when num_new queries at positions start.. attend causally."""
+    return num_new * start + num_new * (num_new + 1) // 2
+
+
+class CostModel:
+    def __init__(self, model: ModelConfig, gpu: GPU, kv_bytes_per_token: float,
+                 weight_bytes_per_param: float = 2.0):
+        """kv_bytes_per_token: K + V of one token over all layers, scales included."""
+        self.model, self.gpu = model, gpu
+        self.bw = gpu.hbm_bytes_per_s * gpu.bandwidth_efficiency
+        self.flops = gpu.matmul_flops_per_s * gpu.matmul_efficiency
+        self.kv_bytes_per_token = kv_bytes_per_token
+        embed = model.vocab_size * model.hidden_size
+        self.linear_params = model.num_params - embed * (1 if model.tie_word_embeddings else 2)
+        self.head_params = embed
+        self.weight_bytes = weight_bytes_per_param
+        self.attn_flops_per_pair = 4 * model.num_layers * model.num_heads * model.head_dim
+        self.fixed_s = gpu.step_overhead_s + model.num_layers * gpu.layer_overhead_s
+
+    def _roof(self, flops: float, bytes_: float) -> float:
+        return max(flops / self.flops, bytes_ / self.bw)
+
+    def step_time(self, s: StepShape) -> float:
+        if s.num_tokens == 0:
+            return 0.0
+        t = self.fixed_s
+        t += self._roof(2 * s.num_tokens * self.linear_params, self.linear_params * self.weight_bytes)
+        t += self._roof(2 * s.num_logits * self.head_params, self.head_params * self.weight_bytes)
+        t += self.decode_context_bytes(s.decode_context_tokens) / self.bw
+        t += self._roof(s.prefill_attn_pairs * self.attn_flops_per_pair,
+                        s.prefill_context_tokens * self.kv_bytes_per_token)
+        t += (s.num_tokens * self.kv_bytes_per_token + 2 * s.copy_bytes) / self.bw
+        t += s.swap_bytes / self.gpu.host_link_bytes_per_s
+        return t
+
+    def decode_context_bytes(self, tokens: int) -> float:
+        return tokens * self.kv_bytes_per_token

@@ -1,0 +1,56 @@
+"""Assemble a simulation from names: a model shape, a GPU, a KV dtype; and turn a workload's
+request table into Requests."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.backends.analytic import AnalyticBackend
+from engine.config import ModelConfig
+from engine.cost_model import CostModel
+from engine.errors import ConfigError
+from engine.gpus import GPU, get_gpu
+from engine.loader import load_config
+from kvcache.sizing import kv_bytes_per_block, kv_bytes_per_token
+from scheduler.config import SchedulerConfig
+from scheduler.request import Request
+from scheduler.simulation import Simulation
+
+ACTIVATION_RESERVE = 0.05  # of GPU memory, kept for activations and the allocator's slack
+
+
+def kv_blocks_for_gpu(model: ModelConfig, gpu: GPU, kv_dtype: str, block_size: int,
+                      gpu_mem_util: float = 0.9, weight_bytes_per_param: float = 2.0) -> int:
+    """Blocks that fit in gpu_mem_util of the GPU after the weights (as vLLM sizes its cache)."""
+    free = gpu.memory_bytes * (gpu_mem_util - ACTIVATION_RESERVE) - model.num_params * weight_bytes_per_param
+    blocks = int(free // kv_bytes_per_block(model, kv_dtype, block_size))
+    if blocks < 1:
+        raise ConfigError(f"{model.name} weights ({model.num_params * weight_bytes_per_param / 2**30:.0f} GiB) "
+                          f"leave no room for a KV cache on {gpu.name} at gpu_mem_util {gpu_mem_util}")
+    return blocks
+
+
+def analytic_simulation(model: str | ModelConfig = "llama-3.1-8b", gpu: str | GPU = "h100",
+                        kv_dtype: str = "fp16", *, gpu_mem_util: float = 0.9, budget_tokens: int | None = None,
+                        sink_tokens: int = 4, evict_every: int = 1, **scheduler_fields) -> Simulation:
+    cfg = load_config(model) if isinstance(model, str) else model
+    gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    block_size = scheduler_fields.get("block_size", SchedulerConfig.block_size)
+    scheduler_fields.setdefault("num_blocks", kv_blocks_for_gpu(cfg, gpu, kv_dtype, block_size, gpu_mem_util))
+    scheduler_fields.setdefault("max_model_len", cfg.max_position_embeddings)
+    config = SchedulerConfig(**scheduler_fields)
+    cost = CostModel(cfg, gpu, kv_bytes_per_token(cfg, kv_dtype))
+    return Simulation(config, AnalyticBackend(cost, sink_tokens), budget_tokens=budget_tokens,
+                      evict_every=evict_every, block_bytes=kv_bytes_per_block(cfg, kv_dtype, block_size))
+
+
+def requests_from_table(table) -> list[Request]:
+    """workloads' request table (pandas) -> Requests, in arrival order."""
+    ids = table["request_id"].to_numpy() if "request_id" in table else np.arange(len(table))
+    arrival = table["arrival_s"].to_numpy(dtype=float)
+    prompt = table["prompt_tokens"].to_numpy(dtype=np.int64)
+    output = table["output_tokens"].to_numpy(dtype=np.int64)
+    prefix = table["prefix_block_ids"].tolist() if "prefix_block_ids" in table else [None] * len(table)
+    return [Request(int(i), float(a), int(p), int(o),
+                    prefix_block_ids=tuple(int(x) for x in b) if b is not None and len(b) else None)
+            for i, a, p, o, b in zip(ids, arrival, prompt, output, prefix)]

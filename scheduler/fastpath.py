@@ -1,0 +1,89 @@
+"""Analytic fast path: advance k decode steps in one engine event when nothing can change.
+
+Stepping one by one, a pure-decode batch repeats the same decisions until something happens:
+an arrival or think time ends (the next SimPy event), a sequence finishes, the blocks needed to
+grow run out, or a growing sequence reaches its eviction budget. Until the first of these the
+outcome of every step is known in advance, so the run does the block bookkeeping once per
+sequence (one append of k - 1 slots) instead of once per step, and still records every step,
+token time and eviction exactly as the one-by-one loop would (tests/scheduler check that).
+
+Sequences held at their eviction budget evict one token and fill its hole every step: their
+blocks never change, so the run only counts those evictions (analytic mode tracks counts, not
+which tokens go).
+"""
+
+from __future__ import annotations
+
+from engine.cost_model import StepShape
+from scheduler.request import Status
+
+
+def _new_blocks(slots: int, extra: int, block_size: int) -> int:
+    return -(-(slots + extra) // block_size) - -(-slots // block_size)
+
+
+def decode_run(sim, out, first_duration_s: float):
+    """A generator that runs k >= 2 decode steps, or None when the next step may differ."""
+    sched, kv, env, config = sim.scheduler, sim.kv, sim.env, sim.config
+    cost = getattr(sim.backend, "cost", None)
+    if (cost is None or config.max_decode_run < 2 or not out.is_pure_decode or out.preempted
+            or out.swapped_in or sched.swapped or (sched.waiting and not out.admission_blocked)
+            or len(out.scheduled) != len(sched.running) or sim.evict_every != 1):
+        return None
+    budget = sim.budget_tokens
+    k = min(config.max_decode_run, min(s.seq.remaining_outputs for s in out.scheduled))
+    growing, held = [], []  # held: sequences at their budget
+    context = 0
+    for s in out.scheduled:
+        slots = kv.num_slots(s.seq.seq_id)
+        context += slots
+        if budget is not None and slots >= budget:
+            held.append(s.seq)
+        else:
+            growing.append((s.seq, slots))
+            if budget is not None:
+                k = min(k, budget - slots + 1)
+    if k < 2:
+        return None
+    size, available = config.block_size, kv.num_available_blocks
+    while k >= 2 and sum(_new_blocks(n, k - 1, size) for _, n in growing) > available:
+        k -= 1
+    durations, t, horizon = [first_duration_s], env.now + first_duration_s, env.peek()
+    while len(durations) < k and t < horizon:
+        shape = StepShape(len(out.scheduled), len(out.scheduled), context + len(durations) * len(growing))
+        d = cost.step_time(shape)
+        durations.append(d)
+        t += d
+    if len(durations) < 2:
+        return None
+    return _run(sim, out, durations, growing, held)
+
+
+def _run(sim, out, durations, growing, held):
+    kv, env, size = sim.kv, sim.env, sim.config.block_size
+    k = len(durations)
+    stats = kv.stats()
+    free0, cached0, used0 = stats["blocks_free"], stats["blocks_cached"], stats["blocks_used"]
+    for seq, _ in growing:  # the appends of steps 2..k, at once
+        kv.append_slots(seq.seq_id, k - 1)
+    counts = (0, len(out.scheduled))
+    for j in range(1, k):  # steps 1..k-1: every sequence decodes one token, none finishes
+        yield env.timeout(durations[j - 1])
+        for s in out.scheduled:
+            seq = s.seq
+            seq.num_computed += 1
+            seq.num_generated += 1
+            seq.token_times_s.append(env.now)
+        new = sum(_new_blocks(n, j, size) for _, n in growing)
+        taken_cached = max(new - free0, 0)
+        row = {"blocks_used": used0 + new, "blocks_free": free0 - new + taken_cached,
+               "blocks_cached": cached0 - taken_cached}
+        for seq in held:  # each evicts one token and refills its hole (blocks unchanged)
+            seq.evicted_tokens += 1
+        sim.record_step(out, durations[j - 1], counts, 0, len(held), row)
+    # step k: its slots are in place (appended above); finish it the ordinary way
+    for s in out.scheduled:
+        s.start = s.seq.num_computed
+    yield env.timeout(durations[-1])
+    sim.complete_step(out, durations[-1], counts)
+
