@@ -67,6 +67,7 @@ def _run(sim, out, durations, growing, held):
     for seq, _ in growing:  # the appends of steps 2..k, at once
         kv.append_slots(seq.seq_id, k - 1)
     counts = (0, len(out.scheduled))
+    detail = tuple((s.seq.seq_id, 1) for s in out.scheduled)
     for j in range(1, k):  # steps 1..k-1: every sequence decodes one token, none finishes
         yield env.timeout(durations[j - 1])
         for s in out.scheduled:
@@ -74,13 +75,14 @@ def _run(sim, out, durations, growing, held):
             seq.num_computed += 1
             seq.num_generated += 1
             seq.token_times_s.append(env.now)
-        new = sum(_new_blocks(n, j, size) for _, n in growing)
+        new = sum(_new_blocks(n, j - 1, size) for _, n in growing)  # appends of steps 2..j
         taken_cached = max(new - free0, 0)
         row = {"blocks_used": used0 + new, "blocks_free": free0 - new + taken_cached,
                "blocks_cached": cached0 - taken_cached}
         for seq in held:  # each evicts one token and refills its hole (blocks unchanged)
             seq.evicted_tokens += 1
         sim.record_step(out, durations[j - 1], counts, 0, len(held), row)
+        sim._event("step", detail)  # step j + 1 starts now
     # step k: its slots are in place (appended above); finish it the ordinary way
     for s in out.scheduled:
         s.start = s.seq.num_computed

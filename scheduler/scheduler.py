@@ -5,7 +5,8 @@ Plain Python, no torch. One step is built in this order (Sarathi-style, decode f
      most recently admitted running sequence is preempted (recompute: its blocks are freed and
      it waits again; swap: its blocks go to the host pool) until it can, or it is the victim;
   2. running sequences in the middle of a chunked prefill take their next chunk;
-  3. swapped-out sequences come back while blocks allow (before any new admission);
+  3. swapped-out sequences come back while blocks allow, and decode in the same step; no new
+     sequence is admitted while any is still swapped out;
   4. waiting sequences are admitted in queue order (priority, arrival, id) while the token
      budget, max_num_seqs and free blocks (above the watermark) allow. The head of the queue
      blocks the rest (FCFS, no overtaking), so nothing starves.
@@ -132,6 +133,9 @@ class Scheduler:
             self.swapped.pop(0)
             self._run(seq)
             out.swapped_in.append(seq)
+            if budget >= 1 and self.kv.can_append(seq.seq_id, 1):  # it decodes in this very step
+                out.scheduled.append(ScheduledSeq(seq, 1, seq.num_computed, True, self.kv.append_slots(seq.seq_id, 1)))
+                budget -= 1
         if not self.swapped:
             self._admit(out, budget)
         elif self.waiting:

@@ -37,7 +37,9 @@ class SimulationResult:
 
 class Simulation:
     def __init__(self, config: SchedulerConfig, backend, *, budget_tokens: int | None = None,
-                 evict_every: int = 1, block_bytes: int = 0, env: simpy.Environment | None = None):
+                 evict_every: int = 1, block_bytes: int = 0, env: simpy.Environment | None = None,
+                 log_events: bool = False):
+        """log_events: keep `self.log`, a list of (time_s, what, detail) for tests and debugging."""
         self.env = env or simpy.Environment()
         self.config, self.backend = config, backend
         self.kv = KVCacheManager(config.num_blocks, config.block_size, watermark=config.watermark,
@@ -55,12 +57,18 @@ class Simulation:
         self._ids = itertools.count()
         self._step_index = 0
         self._swap_bytes_seen = 0
+        self.log: list[tuple] | None = [] if log_events else None
         self.env.process(self._engine())
+
+    def _event(self, what: str, detail) -> None:
+        if self.log is not None:
+            self.log.append((self.env.now, what, detail))
 
     # ---- submitting work ------------------------------------------------------------------------
     def submit(self, request: Request) -> Sequence:
         seq = self.scheduler.add(request)
         self.seqs.append(seq)
+        self._event("reject" if seq.status is Status.REJECTED else "arrive", request.request_id)
         if not self._wake.triggered:
             self._wake.succeed()
         return seq
@@ -129,7 +137,11 @@ class Simulation:
             for s in out.scheduled:
                 if s.seq.first_scheduled_s is None:
                     s.seq.first_scheduled_s = env.now
-            swap_total = kv.stats()["swap_out_bytes"] + kv.stats()["swap_in_bytes"] if kv.host.num_blocks else 0
+            for seq in out.preempted:
+                self._event("preempt", seq.seq_id)
+            self._event("step", tuple((s.seq.seq_id, s.num_new_tokens) for s in out.scheduled))
+            stats = kv.stats()
+            swap_total = stats["swap_out_bytes"] + stats["swap_in_bytes"]
             swap_bytes, self._swap_bytes_seen = swap_total - self._swap_bytes_seen, swap_total
             counts = (out.num_prefill_tokens, out.num_decode_tokens)  # before postprocess changes them
             result = self.backend.execute(out.scheduled, kv, swap_bytes)
@@ -178,6 +190,7 @@ class Simulation:
 
     def _finish(self, finished: list[Sequence]) -> None:
         for seq in finished:
+            self._event("finish", seq.seq_id)
             self.backend.on_free(seq.seq_id)
             done = self._done_events.pop(seq.seq_id, None)
             if done is not None:
