@@ -14,11 +14,14 @@ which tokens go).
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.cost_model import StepShape
 from scheduler.request import Status
 
 
 def _new_blocks(slots: int, extra: int, block_size: int) -> int:
+    """Blocks a sequence holding `slots` takes to append `extra` more."""
     return -(-(slots + extra) // block_size) - -(-slots // block_size)
 
 
@@ -66,26 +69,32 @@ def _run(sim, out, durations, growing, held):
     free0, cached0, used0 = stats["blocks_free"], stats["blocks_cached"], stats["blocks_used"]
     for seq, _ in growing:  # the appends of steps 2..k, at once
         kv.append_slots(seq.seq_id, k - 1)
-    counts = (0, len(out.scheduled))
+    # blocks taken by the appends of steps 2..j, for j = 1..k-1 ([k-1])
+    slots = np.array([n for _, n in growing], dtype=np.int64)[:, None]
+    extra = np.arange(k - 1, dtype=np.int64)[None, :]
+    new = (-(-(slots + extra) // size) - -(-slots // size)).sum(axis=0) if len(growing) else np.zeros(k - 1, np.int64)
+    taken_cached = np.maximum(new - free0, 0)
+    times = []
     detail = tuple((s.seq.seq_id, 1) for s in out.scheduled)
     for j in range(1, k):  # steps 1..k-1: every sequence decodes one token, none finishes
         yield env.timeout(durations[j - 1])
-        for s in out.scheduled:
-            seq = s.seq
-            seq.num_computed += 1
-            seq.num_generated += 1
-            seq.token_times_s.append(env.now)
-        new = sum(_new_blocks(n, j - 1, size) for _, n in growing)  # appends of steps 2..j
-        taken_cached = max(new - free0, 0)
-        row = {"blocks_used": used0 + new, "blocks_free": free0 - new + taken_cached,
-               "blocks_cached": cached0 - taken_cached}
-        for seq in held:  # each evicts one token and refills its hole (blocks unchanged)
-            seq.evicted_tokens += 1
-        sim.record_step(out, durations[j - 1], counts, 0, len(held), row)
-        sim._event("step", detail)  # step j + 1 starts now
-    # step k: its slots are in place (appended above); finish it the ordinary way
+        times.append(env.now)
+        if sim.log is not None:
+            sim._event("step", detail)  # step j + 1 starts now
     for s in out.scheduled:
-        s.start = s.seq.num_computed
+        seq = s.seq
+        seq.num_computed += k - 1
+        seq.num_generated += k - 1
+        seq.token_times_s.extend(times)
+    for seq in held:  # each evicted one token a step and refilled its hole (blocks unchanged)
+        seq.evicted_tokens += k - 1
+    sched = sim.scheduler
+    sim.steps.extend(k - 1, time_s=times, duration_s=durations[:-1], batch_size=len(out.scheduled),
+                     prefill_tokens=0, decode_tokens=len(out.scheduled), blocks_used=(used0 + new).tolist(),
+                     blocks_free=(free0 - new + taken_cached).tolist(), blocks_cached=(cached0 - taken_cached).tolist(),
+                     num_running=len(sched.running), num_waiting=len(sched.waiting), num_swapped=len(sched.swapped),
+                     swap_bytes=0, preempted=0, evicted_tokens=len(held))
+    sim._step_index += k - 1
+    # step k: its slots are in place (appended above); finish it the ordinary way
     yield env.timeout(durations[-1])
-    sim.complete_step(out, durations[-1], counts)
-
+    sim.complete_step(out, durations[-1], (0, len(out.scheduled)))

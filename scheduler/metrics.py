@@ -27,6 +27,12 @@ class StepLog:
         for name in STEP_COLUMNS:
             self.columns[name].append(row[name])
 
+    def extend(self, n: int, **values) -> None:
+        """n rows at once; a value is a list of n, or one value for every row."""
+        for name in STEP_COLUMNS:
+            v = values[name]
+            self.columns[name].extend(v if isinstance(v, list) else [v] * n)
+
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.columns)
         df.insert(0, "step", np.arange(len(df)))
