@@ -33,11 +33,11 @@ def decode_run(sim, out, first_duration_s: float):
             or out.swapped_in or sched.swapped or (sched.waiting and not out.admission_blocked)
             or len(out.scheduled) != len(sched.running) or sim.evict_every != 1):
         return None
-    budget = sim.budget_tokens
     k = min(config.max_decode_run, min(s.seq.remaining_outputs for s in out.scheduled))
     growing, held = [], []  # held: sequences at their budget
     context = 0
     for s in out.scheduled:
+        budget = sched.budget_of(s.seq.request)
         slots = kv.num_slots(s.seq.seq_id)
         context += slots
         if budget is not None and slots >= budget:

@@ -23,6 +23,7 @@ class Request:
     prefix_block_ids: tuple[int, ...] | None = None  # a trace's prefix identity per id block
     token_ids: tuple[int, ...] | None = None  # the prompt, where the backend needs real tokens
     priority: int = 0  # lower runs first when the scheduler uses priorities
+    budget_tokens: int | None = None  # this request's KV eviction budget (None: the simulation's)
 
 
 class Status(Enum):

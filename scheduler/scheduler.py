@@ -91,13 +91,20 @@ class Scheduler:
             return (f"prompt + output = {r.prompt_tokens + r.output_tokens} tokens exceeds "
                     f"max_model_len {c.max_model_len}")
         held = r.prompt_tokens + r.output_tokens - 1
-        if self.budget_tokens is not None:
-            held = max(r.prompt_tokens, min(held, self.budget_tokens + c.block_size))
+        budget = self.budget_of(r)
+        if budget is not None:
+            if budget < 1:
+                return f"eviction budget must be >= 1 token, got {budget}"
+            held = max(r.prompt_tokens, min(held, budget + c.block_size))
         blocks = -(-held // c.block_size)
         usable = c.num_blocks - self.kv.watermark_blocks
         if blocks > usable:
             return f"needs {blocks} KV blocks, the cache has {usable} usable of {c.num_blocks}"
         return ""
+
+    def budget_of(self, request: Request) -> int | None:
+        """The request's token-eviction budget (its own, else the scheduler's; None = no eviction)."""
+        return request.budget_tokens if request.budget_tokens is not None else self.budget_tokens
 
     @property
     def has_work(self) -> bool:

@@ -139,6 +139,8 @@ class Simulation:
                     s.seq.first_scheduled_s = env.now
             for seq in out.preempted:
                 self._event("preempt", seq.seq_id)
+                if seq.status is Status.WAITING:  # recompute: its cache (and scores) start over
+                    self.backend.on_free(seq.seq_id)
             self._event("step", tuple((s.seq.seq_id, s.num_new_tokens) for s in out.scheduled))
             stats = kv.stats()
             swap_total = stats["swap_out_bytes"] + stats["swap_in_bytes"]
@@ -162,14 +164,15 @@ class Simulation:
 
     def _evict(self, out) -> int:
         """Keep every decoding sequence within its budget for the next step (it appends one)."""
-        if self.budget_tokens is None or self._step_index % self.evict_every:
+        if self._step_index % self.evict_every:
             return 0
         total = 0
         for s in out.scheduled:
             seq = s.seq
-            if seq.status is not Status.RUNNING or not seq.is_decoding:
+            budget = self.scheduler.budget_of(seq.request)
+            if budget is None or seq.status is not Status.RUNNING or not seq.is_decoding:
                 continue
-            excess = self.kv.num_tokens(seq.seq_id) + 1 - self.budget_tokens
+            excess = self.kv.num_tokens(seq.seq_id) + 1 - budget
             if excess > 0:
                 slots = self.backend.select_evictions(seq.seq_id, self.kv, excess)
                 moves = self.kv.evict_tokens(seq.seq_id, slots, keep_holes=1)

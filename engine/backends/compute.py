@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import torch
 
+import numpy as np
+
 from engine.backends.analytic import AnalyticBackend, StepResult
+from engine.backends.slot_scores import SlotScores
 from engine.cost_model import CostModel
 from engine.generate import SamplingParams, sample
 from engine.loader import LoadedModel
 from engine.runner import ModelRunner, StepInput
 from kvcache.copy_exec import apply_copies
 from kvcache.kv_store import PagedKVStore
+from kvcache.policies import EvictionPolicy, select_evictions
 from kvcache.swap import HostSwapPool
+
+ATTENTION_FIELDS = ("attn_sum", "attn_last", "prefill")
 
 
 class ComputeBackend(AnalyticBackend):
@@ -25,8 +31,16 @@ class ComputeBackend(AnalyticBackend):
 
     def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int, cost_model: CostModel, *,
                  kv_dtype: str | torch.dtype | None = None, num_swap_blocks: int = 0,
-                 sampling: SamplingParams = SamplingParams(), measure: bool | None = None, sink_tokens: int = 4):
+                 sampling: SamplingParams = SamplingParams(), measure: bool | None = None, sink_tokens: int = 4,
+                 policy: EvictionPolicy | None = None):
+        """policy: how tokens are chosen for eviction (per sequence with `set_policy`); None keeps
+        StreamingLLM's order (sinks, then the oldest)."""
         super().__init__(cost_model, sink_tokens)
+        self.policy = policy
+        self.policies: dict[int, EvictionPolicy] = {}
+        self.scores: dict[int, SlotScores] = {}
+        self.forced: dict[int, list[int]] = {}  # seq_id -> its outputs, when teacher-forced
+        self.on_logits = None  # callable(seq_id, logits [V] float32) after each produced token
         cfg, model = loaded.config, loaded.model
         self.device = model.embed_tokens.weight.device
         self.store = PagedKVStore(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
@@ -47,6 +61,20 @@ class ComputeBackend(AnalyticBackend):
         n = len(prompt)
         return [prompt[j] if j < n else seq.output_ids[j - n] for j in range(start, end)]
 
+    def set_policy(self, seq_id: int, policy: EvictionPolicy) -> None:
+        self.policies[seq_id] = policy
+
+    def policy_of(self, seq_id: int) -> EvictionPolicy | None:
+        return self.policies.get(seq_id, self.policy)
+
+    def _needs(self, scheduled) -> set[str]:
+        needs: set[str] = set()
+        for item in scheduled:
+            policy = self.policy_of(item.seq.seq_id)
+            if policy is not None:
+                needs.update(policy.needs)
+        return needs
+
     def execute(self, scheduled, kv, swap_bytes: int = 0) -> StepResult:
         apply_copies(kv.take_pending_copies(), self.store, self.swap_pool)
         batch = []
@@ -57,10 +85,17 @@ class ComputeBackend(AnalyticBackend):
             seq_len = kv.num_slots(seq_id) if item.seq.is_decoding else end
             batch.append(StepInput(self.known_tokens(item.seq, start, end), start, list(slots),
                                    kv.block_table(seq_id), seq_len))
+        needs = self._needs(scheduled)
+        score_out = None
+        if needs & set(ATTENTION_FIELDS) and all(len(b.token_ids) == 1 for b in batch):
+            cfg = self.runner.model.config
+            max_slots = max(len(b.block_table) for b in batch) * self.store.block_size
+            score_out = [torch.zeros(len(batch), cfg.num_kv_heads, max_slots, device=self.device)
+                         for _ in range(cfg.num_layers)]  # [B, Hkv, max_slots] per layer
         if self.measure:
             begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-        logits = self.runner.run(batch)
+        logits = self.runner.run(batch, score_out)
         tokens = sample(logits, self.sampling, self.generator).tolist()
         if self.measure:
             finish.record()
@@ -68,5 +103,60 @@ class ComputeBackend(AnalyticBackend):
             duration = begin.elapsed_time(finish) / 1e3
         else:
             duration = super().execute(scheduled, kv, swap_bytes).duration_s
-        produced = {item.seq.seq_id: tok for item, tok in zip(scheduled, tokens) if item.produces_token}
+        if needs:
+            self._update_scores(scheduled, kv, needs, score_out)
+        produced = {}
+        for b, (item, tok) in enumerate(zip(scheduled, tokens)):
+            if not item.produces_token:
+                continue
+            seq = item.seq
+            forced = self.forced.get(seq.seq_id)
+            produced[seq.seq_id] = forced[seq.num_generated] if forced is not None else tok
+            if self.on_logits is not None:
+                self.on_logits(seq.seq_id, logits[b])
         return StepResult(duration, produced)
+
+    def _update_scores(self, scheduled, kv, needs: set[str], score_out) -> None:
+        """Fold this step's attention and new keys into each sequence's per-slot scores."""
+        attention = None
+        if score_out is not None:  # [B, max_slots]: summed over layers and KV heads
+            attention = torch.stack(score_out).sum(dim=(0, 2)).double().cpu().numpy()
+        for b, item in enumerate(scheduled):
+            seq_id = item.seq.seq_id
+            policy = self.policy_of(seq_id)
+            if policy is None:
+                continue
+            scores = self.scores.setdefault(seq_id, SlotScores())
+            fresh = scores.sync(kv.slot_positions(seq_id))
+            n = len(scores.positions)
+            if attention is not None:
+                row = attention[b, :n]
+                if policy.group_reduce == "mean":
+                    row = row / self.runner.model.config.group_size
+                scores.add("attn_sum", row)
+                scores.set("attn_last", row)
+            if "key_norm" in needs and len(fresh):
+                scores.arrays["key_norm"][fresh] = self._key_norms(kv.block_table(seq_id), fresh)
+
+    def _key_norms(self, block_table: list[int], logical: np.ndarray) -> np.ndarray:
+        """Mean over layers and KV heads of the L2 norm of the keys at these logical slots."""
+        size = self.store.block_size
+        flat = torch.tensor([block_table[i // size] * size + i % size for i in logical.tolist()], device=self.device)
+        norms = [self.store.read(layer, flat)[0].norm(dim=-1).mean(dim=-1) for layer in range(self.store.num_layers)]
+        return torch.stack(norms).mean(0).double().cpu().numpy()
+
+    def select_evictions(self, seq_id: int, kv, n: int) -> list[int]:
+        policy = self.policy_of(seq_id)
+        if policy is None:
+            return super().select_evictions(seq_id, kv, n)
+        scores = self.scores.setdefault(seq_id, SlotScores())
+        scores.sync(kv.slot_positions(seq_id))
+        return select_evictions(policy, scores.state(), n).tolist()
+
+    def on_moves(self, seq_id: int, moves) -> None:
+        if seq_id in self.scores:
+            self.scores[seq_id].move(moves)
+
+    def on_free(self, seq_id: int) -> None:
+        super().on_free(seq_id)
+        self.scores.pop(seq_id, None)
