@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.scores_ref import paged_prefill_scores_ref
 from engine.config import ModelConfig
 from engine.rope import RotaryEmbedding
 
@@ -30,6 +31,7 @@ class AttentionMetadata:
     cu_seqlens_q [B+1] offsets of each sequence's tokens in the packed batch
     is_decode          every sequence has exactly one new token (the decode kernel runs)
     score_out          optional [B, Hkv, max_slots] float32 per layer list: attention each slot got
+    score_windows      optional [B]: in a prefill, count only each sequence's last n queries (0 = all)
     """
 
     positions: torch.Tensor
@@ -39,6 +41,7 @@ class AttentionMetadata:
     cu_seqlens_q: torch.Tensor
     is_decode: bool
     score_out: list[torch.Tensor] | None = None
+    score_windows: torch.Tensor | None = None
 
 
 class RMSNorm(nn.Module):
@@ -80,6 +83,9 @@ class Attention(nn.Module):
         else:
             o = kernels.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
                                                 meta.seq_lens, self.scale, kv_scales=kv_scales)
+            if meta.score_out is not None:
+                paged_prefill_scores_ref(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
+                                         self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales)
         return self.o_proj(o.reshape(t, -1).to(x.dtype))
 
 

@@ -37,7 +37,8 @@ class ModelRunner:
         self.model, self.kv_store = model, kv_store
         self.device = torch.device(device) if device is not None else model.embed_tokens.weight.device
 
-    def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None):
+    def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
+                score_windows: list[int] | None = None):
         """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device."""
         lens = [len(s.token_ids) for s in batch]
         assert all(n > 0 for n in lens), "every sequence in a step feeds at least one token"
@@ -59,11 +60,14 @@ class ModelRunner:
             cu_seqlens_q=tensor(cu, torch.int32),
             is_decode=all(n == 1 for n in lens),
             score_out=score_out,
+            score_windows=tensor(score_windows) if score_windows is not None else None,
         )
         input_ids = tensor([t for s in batch for t in s.token_ids])
         return input_ids, meta, tensor([c - 1 for c in cu[1:]])
 
-    def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits [B, vocab] (float32) of each sequence's last new token."""
-        input_ids, meta, last = self.prepare(batch, score_out)
+    def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
+            score_windows: list[int] | None = None) -> torch.Tensor:
+        """Logits [B, vocab] (float32) of each sequence's last new token. With score_out, the
+        attention each slot receives is added to it (see AttentionMetadata)."""
+        input_ids, meta, last = self.prepare(batch, score_out, score_windows)
         return self.model(input_ids, meta, self.kv_store, logits_indices=last)

@@ -21,6 +21,7 @@ from engine.runner import ModelRunner, StepInput
 from kvcache.copy_exec import apply_copies
 from kvcache.kv_store import PagedKVStore
 from kvcache.policies import EvictionPolicy, select_evictions
+from kvcache.policies.rules import max_pool
 from kvcache.swap import HostSwapPool
 
 ATTENTION_FIELDS = ("attn_sum", "attn_last", "prefill")
@@ -40,7 +41,7 @@ class ComputeBackend(AnalyticBackend):
         self.policies: dict[int, EvictionPolicy] = {}
         self.scores: dict[int, SlotScores] = {}
         self.forced: dict[int, list[int]] = {}  # seq_id -> its outputs, when teacher-forced
-        self.on_logits = None  # callable(seq_id, logits [V] float32) after each produced token
+        self.on_logits = None  # callable(seq_ids, logits [n, V] float32): the rows that produced a token
         cfg, model = loaded.config, loaded.model
         self.device = model.embed_tokens.weight.device
         self.store = PagedKVStore(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
@@ -86,16 +87,17 @@ class ComputeBackend(AnalyticBackend):
             batch.append(StepInput(self.known_tokens(item.seq, start, end), start, list(slots),
                                    kv.block_table(seq_id), seq_len))
         needs = self._needs(scheduled)
-        score_out = None
-        if needs & set(ATTENTION_FIELDS) and all(len(b.token_ids) == 1 for b in batch):
+        score_out = windows = None
+        if needs & set(ATTENTION_FIELDS):
             cfg = self.runner.model.config
             max_slots = max(len(b.block_table) for b in batch) * self.store.block_size
             score_out = [torch.zeros(len(batch), cfg.num_kv_heads, max_slots, device=self.device)
                          for _ in range(cfg.num_layers)]  # [B, Hkv, max_slots] per layer
+            windows = [self._prompt_window(item) for item in scheduled]
         if self.measure:
             begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-        logits = self.runner.run(batch, score_out)
+        logits = self.runner.run(batch, score_out, windows)
         tokens = sample(logits, self.sampling, self.generator).tolist()
         if self.measure:
             finish.record()
@@ -105,15 +107,16 @@ class ComputeBackend(AnalyticBackend):
             duration = super().execute(scheduled, kv, swap_bytes).duration_s
         if needs:
             self._update_scores(scheduled, kv, needs, score_out)
-        produced = {}
+        produced, rows = {}, []
         for b, (item, tok) in enumerate(zip(scheduled, tokens)):
             if not item.produces_token:
                 continue
             seq = item.seq
             forced = self.forced.get(seq.seq_id)
             produced[seq.seq_id] = forced[seq.num_generated] if forced is not None else tok
-            if self.on_logits is not None:
-                self.on_logits(seq.seq_id, logits[b])
+            rows.append(b)
+        if self.on_logits is not None and rows:
+            self.on_logits([scheduled[b].seq.seq_id for b in rows], logits[rows])
         return StepResult(duration, produced)
 
     def _update_scores(self, scheduled, kv, needs: set[str], score_out) -> None:
@@ -133,10 +136,20 @@ class ComputeBackend(AnalyticBackend):
                 row = attention[b, :n]
                 if policy.group_reduce == "mean":
                     row = row / self.runner.model.config.group_size
-                scores.add("attn_sum", row)
-                scores.set("attn_last", row)
+                if self._prompt_window(item):  # SnapKV's observation window, scored once
+                    scores.set("prefill", max_pool(row, policy.kernel))
+                else:
+                    scores.add("attn_sum", row)
+                    scores.set("attn_last", row)
             if "key_norm" in needs and len(fresh):
                 scores.arrays["key_norm"][fresh] = self._key_norms(kv.block_table(seq_id), fresh)
+
+    def _prompt_window(self, item) -> int:
+        """SnapKV's window on the chunk that completes a prompt, else 0 (every query counts)."""
+        policy = self.policy_of(item.seq.seq_id)
+        if "prefill" in getattr(policy, "needs", ()) and item.produces_token and item.seq.num_generated == 0:
+            return policy.window
+        return 0
 
     def _key_norms(self, block_table: list[int], logical: np.ndarray) -> np.ndarray:
         """Mean over layers and KV heads of the L2 norm of the keys at these logical slots."""

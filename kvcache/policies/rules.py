@@ -69,7 +69,10 @@ class SnapKV(EvictionPolicy):
     needs = ("prefill", "attn_sum")
     window: int = 32
     kernel: int = 7
-    recent_tokens: int = 32  # the observation window stays
+    recent_tokens: int = 32  # the observation window stays (at most half the budget)
+
+    def recent_window(self, keep: int) -> int:
+        return min(self.recent_tokens, keep // 2)
 
     def scores(self, state: SlotState) -> np.ndarray:
         return state.prefill + state.attn_sum

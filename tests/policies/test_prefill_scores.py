@@ -1,0 +1,31 @@
+"""The prefill score reference against a dense computation, on a shuffled paged cache."""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.scores_ref import paged_prefill_scores_ref
+
+
+def test_prefill_scores_match_dense_attention():
+    g = torch.Generator().manual_seed(0)
+    num_blocks, bs, hkv, group, d = 16, 4, 2, 3, 8
+    k_cache = torch.randn(num_blocks, bs, hkv, d, generator=g)
+    v_cache = torch.randn(num_blocks, bs, hkv, d, generator=g)
+    tables = torch.randperm(num_blocks, generator=g)[:12].view(2, 6).int()
+    seq_lens = torch.tensor([13, 7])  # new tokens: 5 and 7 (the second has no cached prefix)
+    cu = torch.tensor([0, 5, 12])
+    q = torch.randn(12, hkv * group, d, generator=g)
+    out = torch.zeros(2, hkv, 24)
+    paged_prefill_scores_ref(q, k_cache, v_cache, tables, cu, seq_lens, 0.3, out, torch.tensor([0, 2]))
+    for b, (n, windows) in enumerate([(5, 5), (7, 2)]):
+        L = int(seq_lens[b])
+        k = k_cache[tables[b].long()].flatten(0, 1)[:L]  # [L, Hkv, D]
+        qb = q[cu[b]:cu[b + 1]][-windows:]  # the counted queries
+        pos = torch.arange(L - windows, L)
+        logits = torch.einsum("nhd,lhd->nhl", qb, k.repeat_interleave(group, 1)) * 0.3
+        logits = logits.masked_fill(torch.arange(L)[None, None, :] > pos[:, None, None], float("-inf"))
+        expected = logits.softmax(-1).sum(0).view(hkv, group, L).sum(1)
+        torch.testing.assert_close(out[b, :, :L], expected)
+        assert torch.allclose(out[b].sum(-1), torch.full((hkv,), float(windows * group)))
+        assert (out[b, :, L:] == 0).all()
