@@ -46,6 +46,8 @@ class QualityConfig:
     passkey_depths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     seed: int = 0
     device: str = "auto"
+    dtype: str = field(default="auto", metadata={"help": "model weights: auto (fp32 on CPU, fp16 on GPU), fp32, fp16, bf16"})
+    passkey_budgets: tuple[int, ...] | None = field(default=None, metadata={"help": "budgets for passkey (default: all)"})
 
 
 def default_text() -> str:
@@ -85,7 +87,8 @@ def perplexity_table(loaded, ids: list[int], cfg: QualityConfig) -> tuple[pd.Dat
 def passkey_table(loaded, cfg: QualityConfig) -> pd.DataFrame:
     """Every (point, length, depth) as one request of one batch, fp16 KV, greedy 8 tokens."""
     rng = np.random.default_rng(cfg.seed)
-    cases = [(p, b, n, d) for p, b in _points(cfg) for n in cfg.passkey_lengths for d in cfg.passkey_depths]
+    points = [(p, b) for p, b in _points(cfg) if b is None or cfg.passkey_budgets is None or b in cfg.passkey_budgets]
+    cases = [(p, b, n, d) for p, b in points for n in cfg.passkey_lengths for d in cfg.passkey_depths]
     keys = draw_keys(len(cases), rng)
     prompts = [passkey_prompt(loaded.tokenizer, n, d, k) for (_, _, n, d), k in zip(cases, keys)]
     size = cfg.block_size
@@ -110,7 +113,10 @@ def passkey_table(loaded, cfg: QualityConfig) -> pd.DataFrame:
 def run_quality(cfg: QualityConfig, log=print) -> dict:
     """Both tables and the summary; the caller writes them (see kvsim.quality.report)."""
     start = time.perf_counter()
-    loaded = load_model(cfg.model, device=_device(cfg.device), dtype=torch.float32)
+    device = _device(cfg.device)
+    dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32, "fp32": torch.float32,
+             "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.dtype]
+    loaded = load_model(cfg.model, device=device, dtype=dtype)
     if loaded.tokenizer is None:
         raise ValueError(f"quality needs a model with real weights and a tokenizer, not {cfg.model!r}")
     text = Path(cfg.text).read_text() if cfg.text else default_text()
@@ -119,6 +125,8 @@ def run_quality(cfg: QualityConfig, log=print) -> dict:
     ppl, sink = perplexity_table(loaded, ids, cfg)
     passkey = passkey_table(loaded, cfg) if cfg.passkey_lengths and cfg.passkey_depths else pd.DataFrame()
     summary = {"model": loaded.config.name, "tokens": len(ids), "token0_attention_share": sink,
-               "wall_time_s": time.perf_counter() - start, "device": str(_device(cfg.device)),
+               "wall_time_s": time.perf_counter() - start, "device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "weights_dtype": str(dtype).removeprefix("torch."),
                "config": dataclasses.asdict(cfg)}
     return {"quality": ppl, "passkey": passkey, "summary": summary}

@@ -49,19 +49,23 @@ class _Collector:
 
     def __call__(self, seq_ids: list[int], logits: torch.Tensor) -> None:
         logp = torch.log_softmax(logits.float(), dim=-1)  # [n, V]
-        for row, seq_id in enumerate(seq_ids):
-            j = self.step[seq_id]
-            self.step[seq_id] = j + 1
-            target = int(self.ids[self.prefill + j])
-            lp = logp[row]
-            if seq_id == self.keep_ref:
-                self.ref_logp.append(lp.half())
-            kl = agree = float("nan")
-            if self.ref is not None:
-                ref = self.ref[j].float()
-                kl = float((ref.exp() * (ref - lp)).sum())
-                agree = float(int(lp.argmax()) == int(ref.argmax()))
-            self.rows[seq_id].append((-float(lp[target]), int(lp.argmax()), kl, agree))
+        steps = [self.step[s] for s in seq_ids]
+        for s in seq_ids:
+            self.step[s] += 1
+        targets = self.ids[[self.prefill + j for j in steps]].to(logp.device)
+        nll = -logp.gather(1, targets[:, None])[:, 0]
+        top1 = logp.argmax(-1)
+        if self.keep_ref in seq_ids:
+            self.ref_logp.append(logp[seq_ids.index(self.keep_ref)].half())
+        if self.ref is not None:
+            ref = torch.stack([self.ref[j] for j in steps]).float()  # [n, V]
+            kl = (ref.exp() * (ref - logp)).sum(-1)
+            agree = (top1 == ref.argmax(-1)).float()
+        else:
+            kl = agree = torch.full_like(nll, float("nan"))
+        values = torch.stack([nll, top1.float(), kl, agree], dim=1).cpu().tolist()  # one transfer a step
+        for seq_id, row in zip(seq_ids, values):
+            self.rows[seq_id].append(row)
 
     def finish(self) -> None:
         for seq_id, point in self.index.items():
