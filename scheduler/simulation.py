@@ -46,7 +46,9 @@ class Simulation:
                                  enable_prefix_caching=config.enable_prefix_caching,
                                  num_swap_blocks=config.num_swap_blocks, block_bytes=block_bytes,
                                  prefix_id_block_size=config.prefix_id_block_size,
-                                 record_copies=getattr(backend, "needs_copies", False))
+                                 record_copies=getattr(backend, "needs_copies", False),
+                                 # real K/V: share a prefix block only once it has been written
+                                 publish_on_write=getattr(backend, "needs_copies", False))
         self.scheduler = Scheduler(config, self.kv, budget_tokens)
         self.budget_tokens, self.evict_every = budget_tokens, evict_every
         self.seqs: list[Sequence] = []
