@@ -25,10 +25,18 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--kv-dtypes", default="fp16,int8")
     parser.add_argument("--passkey-lengths", default="1024,2048")
+    parser.add_argument("--policies", default="full,window,streaming,h2o,tova,snapkv,random,knorm")
+    parser.add_argument("--budgets", default="64,128,256,512,1024")
+    parser.add_argument("--passkey-budgets", default="256,1024")
+    parser.add_argument("--smoke", type=int, default=0, help="time N steps on random weights and stop")
     args = parser.parse_args()
+    if args.smoke:
+        return smoke(args.smoke)
+    ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
     cfg = QualityConfig(max_tokens=args.max_tokens, kv_dtypes=tuple(args.kv_dtypes.split(",")),
-                        passkey_lengths=tuple(int(x) for x in args.passkey_lengths.split(",") if x),
-                        passkey_depths=(0.0, 0.5, 1.0), passkey_budgets=(256, 1024))
+                        policies=tuple(args.policies.split(",")), budgets=ints(args.budgets),
+                        passkey_lengths=ints(args.passkey_lengths), passkey_depths=(0.0, 0.5, 1.0),
+                        passkey_budgets=ints(args.passkey_budgets))
     start = time.perf_counter()
     result = run_quality(cfg, log=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -40,6 +48,28 @@ def main() -> None:
     print(result["passkey"].groupby(["policy", "budget"]).correct.mean().to_string())
     print(f"token 0 attention share: {result['summary']['token0_attention_share']:.3f}; "
           f"wall {time.perf_counter() - start:.0f} s")
+
+
+def smoke(steps: int) -> None:
+    """Seconds per teacher-forced step with every point in one batch, on random weights."""
+    import numpy as np
+    import torch
+
+    from engine.loader import load_model
+    from kvsim.quality.run import _points
+    from kvsim.quality.stream import stream_points
+
+    loaded = load_model("smollm2-135m", random_weights=True, device="cuda", dtype=torch.float16)
+    ids = np.random.default_rng(0).integers(0, 49152, steps + 32).tolist()
+    points = _points(QualityConfig())
+    ref = None
+    for dtype in ("fp16", "int8"):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        _, ref, _ = stream_points(loaded, ids, points, dtype, ref_logp=ref, track_sink=dtype == "fp16")
+        torch.cuda.synchronize()
+        print(f"smoke {dtype}: {len(points)} points x {steps} steps: {(time.perf_counter() - t) / steps * 1e3:.1f} ms/step",
+              flush=True)
 
 
 if __name__ == "__main__":
