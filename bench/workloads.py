@@ -26,6 +26,7 @@ sys.path[0] = str(REPO)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.common import cpu_name  # noqa: E402
 from workloads import read_trace  # noqa: E402
 
 TRACES = REPO.parent / "shared" / "traces"
@@ -34,16 +35,6 @@ CASES = [  # file, limit in seconds
     ("AzureLLMInferenceTrace_conv.csv", 0.5),
     ("AzureLLMInferenceTrace_code.csv", 0.5),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
