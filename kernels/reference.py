@@ -22,8 +22,9 @@ def gather_kv(
     block_table: torch.Tensor,
     seq_len: int,
     kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `seq_len` slots of one sequence as contiguous float32 [seq_len, Hkv, D] K and V."""
+    """The first `seq_len` slots of one sequence as contiguous [seq_len, Hkv, D] K and V in dtype."""
     block_size = k_cache.shape[1]
     num_blocks = -(-seq_len // block_size)
     ids = block_table[:num_blocks].long()
@@ -33,7 +34,7 @@ def gather_kv(
         k_scale, v_scale = kv_scales
         k = k * k_scale[ids].flatten(0, 1)[:seq_len, :, None].float()
         v = v * v_scale[ids].flatten(0, 1)[:seq_len, :, None].float()
-    return k, v
+    return k.to(dtype), v.to(dtype)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -105,16 +106,43 @@ def paged_prefill_attention_ref(
     n new tokens of sequence b sit at slots seq_lens[b] - n ... seq_lens[b] - 1 (a cached prefix
     or earlier chunks fill the slots before them). Returns [T, Hq, D] in q's dtype.
     """
-    out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    for b in range(len(seq_lens)):
-        start, end = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
-        num_new, seq_len = end - start, int(seq_lens[b])
-        if num_new == 0:
+    return _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, torch.float32,
+                          lambda q_, k, v, mask: _attend(q_, k, v, scale, mask)[0])
+
+
+def paged_prefill_attention_sdpa(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """paged_prefill_attention_ref's contract the fast torch way: gather each sequence's pages in
+    q's dtype, then one SDPA call. The gather-then-SDPA peer on a GPU."""
+    def sdpa(q_, k, v, mask):  # q_ [n, Hq, D], k/v [L, Hkv, D], mask [n, L] -> [n, Hq, D]
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q_.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+            attn_mask=mask, scale=scale, enable_gqa=True)
+        return o[0].transpose(0, 1)
+
+    return _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, q.dtype, sdpa)
+
+
+def _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, dtype, attend):
+    """Per sequence with new tokens: gather its K/V in dtype, attend(q, k, v, causal mask)."""
+    out = torch.zeros(q.shape, dtype=dtype, device=q.device)
+    cu, lens = cu_seqlens_q.tolist(), seq_lens.tolist()
+    for b, seq_len in enumerate(lens):
+        start, end = cu[b], cu[b + 1]
+        if end == start:
             continue
-        k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales)
-        query_slot = torch.arange(seq_len - num_new, seq_len, device=q.device)
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= query_slot[:, None]
-        out[start:end], _ = _attend(q[start:end], k, v, scale, mask)
+        k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales, dtype=dtype)
+        query_slot = torch.arange(seq_len - (end - start), seq_len, device=q.device)
+        mask = torch.arange(seq_len, device=q.device)[None, :] <= query_slot[:, None]  # [n, L]
+        out[start:end] = attend(q[start:end].to(dtype), k, v, mask)
     return out.to(q.dtype)
 
 
@@ -124,12 +152,49 @@ def write_kv_ref(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Scatter new K/V [T, Hkv, D] to flat slots (block_id * block_size + offset); -1 = skip."""
+    """Scatter new K/V [T, Hkv, D] to flat slots (block_id * block_size + offset); -1 = skip.
+
+    With kv_scales (k_scale, v_scale) [num_blocks, block_size, Hkv] the rows are quantized to the
+    cache's dtype with quantize_ref and their scales stored beside them.
+    """
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
-    k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
-    v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    for new, cache, scales in zip((k, v), (k_cache, v_cache), kv_scales or (None, None)):
+        rows = new[keep]
+        if scales is not None:
+            rows, scale = quantize_ref(rows, cache.dtype)
+            scales.view(-1, *scales.shape[2:])[slots] = scale
+        cache.view(-1, *cache.shape[2:])[slots] = rows.to(cache.dtype)
+
+
+def block_rows(cache: torch.Tensor, block_dim: int = 0) -> torch.Tensor:
+    """A view [outer, num_blocks, ...] of a cache whose block index is dimension block_dim.
+
+    K/V [num_blocks, page, Hkv, D], their scales [num_blocks, page, Hkv], and a stack of layers
+    [num_layers, num_blocks, ...] (block_dim=1) all qualify.
+    """
+    outer = cache.shape[:block_dim].numel()
+    return cache.view(outer, *cache.shape[block_dim:])
+
+
+def slot_rows(cache: torch.Tensor, block_dim: int = 0) -> torch.Tensor:
+    """A view [outer, num_blocks * page, ...]: row b * page + i is slot i of block b."""
+    rows = block_rows(cache, block_dim)
+    return rows.view(rows.shape[0], rows.shape[1] * rows.shape[2], *rows.shape[3:])
+
+
+def copy_rows_ref(src_rows: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                  dst_rows: torch.Tensor | None = None) -> None:
+    """dst_rows[:, dst[i]] = src_rows[:, src[i]] for views [outer, rows, ...] from block_rows/slot_rows.
+
+    All rows are read before any is written. dst_rows defaults to src_rows (a copy inside one
+    cache); it may live on another device (swap to and from a host pool).
+    """
+    dst_rows = src_rows if dst_rows is None else dst_rows
+    moved = src_rows.index_select(1, src.to(src_rows.device).long())
+    dst_rows.index_copy_(1, dst.to(dst_rows.device).long(), moved.to(dst_rows.device))
 
 
 # Quantized KV: one scale per (token, kv head), stored as float16 beside the cache.

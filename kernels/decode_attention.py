@@ -1,0 +1,309 @@
+"""Paged decode attention in Triton: one new query token per sequence against its paged KV cache.
+
+Flash-decoding in two launches:
+  stage 1, grid (B, Hkv, num_splits): each program takes one GQA group (all Hq / Hkv query heads
+    that read one KV head) and one slice of the context, walks the slice in tiles of BLOCK_N
+    tokens through the block table, and keeps an online softmax in fp32. It writes its partial
+    output and log-sum-exp (base 2) to a workspace; with a single split it writes the output.
+  stage 2, grid (B, Hkv, Z): program z < GROUP combines the splits of query head
+    kvh * GROUP + z (all splits loaded at once, not one after another); with score_out, program
+    z also turns chunk z of the saved probabilities into final ones and adds their group sum.
+For score_out, stage 1 saves each probability relative to its tile's running max (fp16, in
+[0, 1]) and the max (fp32, one per tile and head): 2 bytes per query head and token against the
+4 * head_dim bytes of K and V the kernel reads anyway, so the scores never re-read K.
+
+INT8 / FP8 caches are dequantized in the kernel (kernels/attention_tile.py).
+
+Imported lazily through kernels._dispatch.triton_module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._dispatch import triton_interprets
+from kernels.attention_tile import attend_tile, cache_strides, dot_dtype, q_tl_dtype
+
+INTERPRETED = triton_interprets()
+LOG2E = 1.4426950408889634
+MAX_SPLITS = 128
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, seq_lens_ptr,
+    out_ptr, part_out_ptr, part_lse_ptr, probs_ptr, tile_max_ptr,
+    scale_log2, split_len, num_splits, probs_stride, tiles_stride,
+    stride_qb, stride_qh, stride_btb, stride_ob, stride_oh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    QUANTIZED: tl.constexpr, DIRECT_OUT: tl.constexpr, WRITE_PROBS: tl.constexpr,
+    Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr, OFFSET_64: tl.constexpr,
+    FAST_I8: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    start = split * split_len
+    # The last split runs to the end, so a split_len chosen from a short hint still covers all.
+    end = tl.where(split == num_splits - 1, seq_len, tl.minimum(start + split_len, seq_len))
+
+    g = tl.arange(0, GROUP_PAD)
+    head = kvh * GROUP + g  # [G] the query heads of this KV head
+    head_mask = g < GROUP
+    d = tl.arange(0, HEAD_DIM_PAD)
+    d_mask = d < HEAD_DIM
+    q = tl.load(q_ptr + b * stride_qb + head[:, None] * stride_qh + d[None, :],
+                mask=head_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)  # [G, D]
+    head_row = (b * NUM_HEADS + head).to(tl.int64)  # [G]
+
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
+    for t0 in range(start, end, BLOCK_N):
+        t = t0 + tl.arange(0, BLOCK_N)  # logical slots [N]
+        t_mask = t < end
+        m, l, acc, p = attend_tile(
+            q, m, l, acc, t_mask[None, :],
+            t, t_mask, d, d_mask, block_tables_ptr + b * stride_btb, kvh,
+            k_ptr, v_ptr, k_scale_ptr, v_scale_ptr,
+            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
+            scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, FAST_I8)
+        if WRITE_PROBS:
+            tl.store(probs_ptr + head_row[:, None] * probs_stride + t[None, :], p.to(tl.float16),
+                     mask=head_mask[:, None] & t_mask[None, :])
+            tl.store(tile_max_ptr + head_row * tiles_stride + t0 // BLOCK_N, m, mask=head_mask)
+
+    l_safe = tl.where(l > 0, l, 1.0)
+    o = acc / l_safe[:, None]
+    row = (b * NUM_HEADS + head) * num_splits + split  # [G] workspace rows
+    # Heads to store: the group, or none for an empty split (the reduce reads only full ones).
+    # (A vector compare, as the interpreter cannot broadcast a scalar bool into a mask.)
+    live = g < tl.where(start < end, GROUP, 0)
+    if DIRECT_OUT:
+        tl.store(out_ptr + b * stride_ob + head[:, None] * stride_oh + d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=head_mask[:, None] & d_mask[None, :])
+    else:
+        tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=live[:, None] & d_mask[None, :])
+    if (not DIRECT_OUT) or WRITE_PROBS:
+        tl.store(part_lse_ptr + row, m + tl.log2(l_safe), mask=live)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, probs_ptr, tile_max_ptr, score_ptr,
+    split_len, num_splits, score_chunk, num_score_chunks, probs_stride, tiles_stride,
+    stride_ob, stride_oh, stride_scb, stride_sch,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr, SCORE_BLOCK: tl.constexpr, REDUCE_OUT: tl.constexpr, SCORES: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    z = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    num_valid = tl.minimum((seq_len + split_len - 1) // split_len, num_splits)
+    s = tl.arange(0, SPLITS_PAD)
+
+    if REDUCE_OUT:
+        if z < GROUP:  # output of query head kvh * GROUP + z
+            head = kvh * GROUP + z
+            row = (b * NUM_HEADS + head) * num_splits
+            lse = tl.load(part_lse_ptr + row + s, mask=s < num_valid, other=float("-inf"))  # [S]
+            m = tl.max(lse, 0)
+            m = tl.where(m > float("-inf"), m, 0.0)  # no valid split: weights 0, no NaN
+            total = tl.sum(tl.exp2(lse - m), 0)
+            d = tl.arange(0, HEAD_DIM_PAD)
+            acc = tl.zeros([HEAD_DIM_PAD], tl.float32)
+            for s0 in range(0, num_valid, SPLIT_BLOCK):  # one pass unless > SPLIT_BLOCK splits
+                sb = s0 + tl.arange(0, SPLIT_BLOCK)
+                w = tl.exp2(tl.load(part_lse_ptr + row + sb, mask=sb < num_valid, other=float("-inf")) - m)
+                o = tl.load(part_out_ptr + (row + sb)[:, None] * HEAD_DIM + d[None, :],
+                            mask=(sb < num_valid)[:, None] & (d < HEAD_DIM)[None, :], other=0.0)  # [SB, D]
+                acc += tl.sum(w[:, None] * o, 0)
+            acc = acc / tl.where(total > 0, total, 1.0)
+            tl.store(out_ptr + b * stride_ob + head * stride_oh + d, acc.to(out_ptr.dtype.element_ty),
+                     mask=d < HEAD_DIM)
+
+    if SCORES:
+        if z < num_score_chunks:
+            g = tl.arange(0, GROUP_PAD)
+            head_mask = g < GROUP
+            head_row = (b * NUM_HEADS + kvh * GROUP + g).to(tl.int64)  # [G]
+            lse = tl.load(part_lse_ptr + (head_row * num_splits)[:, None] + s[None, :],
+                          mask=head_mask[:, None] & (s[None, :] < num_valid), other=float("-inf"))
+            m = tl.max(lse, 1)
+            m = tl.where(m > float("-inf"), m, 0.0)
+            total = tl.sum(tl.exp2(lse - m[:, None]), 1)
+            lse_final = m + tl.log2(tl.where(total > 0, total, 1.0))  # [G]; rows with no slots read none
+            t_start = z * score_chunk
+            t_end = tl.where(z == num_score_chunks - 1, seq_len, tl.minimum(t_start + score_chunk, seq_len))
+            for t0 in range(t_start, t_end, SCORE_BLOCK):
+                t = t0 + tl.arange(0, SCORE_BLOCK)
+                mask = head_mask[:, None] & (t < t_end)[None, :]
+                p = tl.load(probs_ptr + head_row[:, None] * probs_stride + t[None, :], mask=mask, other=0.0)
+                tile_max = tl.load(tile_max_ptr + head_row[:, None] * tiles_stride + (t // BLOCK_N)[None, :],
+                                   mask=mask, other=0.0)
+                # tile_max <= lse_final, so the factor is <= 1
+                prob = tl.sum(p.to(tl.float32) * tl.exp2(tile_max - lse_final[:, None]), 0)  # [T] group sum
+                ptr = score_ptr + b * stride_scb + kvh * stride_sch + t
+                tl.store(ptr, tl.load(ptr, mask=t < t_end, other=0.0) + prob, mask=t < t_end)
+
+
+_UNUSED: dict = {}
+
+
+def _workspace(numel: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Scratch memory, uninitialized (the tests fill it with NaN to prove nothing unwritten is read).
+    An unused buffer is one cached empty tensor: each allocation costs host time on every step."""
+    if numel == 0:
+        key = (device, dtype)
+        if key not in _UNUSED:
+            _UNUSED[key] = torch.empty(0, dtype=dtype, device=device)
+        return _UNUSED[key]
+    return torch.empty(numel, dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_n: int = 64     # tokens per tile
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+# Tile configs by (KV element bytes, head dim), tuned by bench/kernels.py on an H100 (CUDA-graph
+# times; bench/results/kernels_h100.json, "tuning" and "defaults"); other head dims take the
+# nearest. PROGRAMS_PER_SM sets the split count: ceil(PROGRAMS_PER_SM * SMs / (B * Hkv)) splits,
+# at least 4 tiles each (so 1 once the batch fills the GPU).
+CONFIGS = {(2, 128): DecodeConfig(64, 4, 2), (2, 64): DecodeConfig(64, 4, 3),
+           (1, 128): DecodeConfig(32, 4, 2), (1, 64): DecodeConfig(128, 4, 2)}
+PROGRAMS_PER_SM = 16
+# INT8 K/V converted to fp16 without I2F (attention_tile.load_i8_as_f16). Off: its first GPU
+# version failed the bench's correctness check (a column-order bug, fixed and tested since under
+# the interpreter), so the H100 numbers are of the I2F path; it needs one GPU run to be timed.
+FAST_INT8 = False
+
+
+def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:
+    size = 1 if kv_dtype.itemsize == 1 else 2
+    dims = [d for (e, d) in CONFIGS if e == size]
+    return CONFIGS[(size, min(dims, key=lambda d: (abs(d - head_dim), d)))]
+
+
+def choose_num_splits(batch: int, num_kv_heads: int, context_tokens: int, num_sms: int, block_n: int) -> int:
+    """Split the context until the grid has PROGRAMS_PER_SM programs an SM, each >= 4 tiles long.
+
+    The price of a split, its partial output, is 4 * head_dim bytes per query head against
+    4 * head_dim bytes per token of K and V; stage 2 reads all of a head's splits in one go.
+    """
+    by_occupancy = triton.cdiv(PROGRAMS_PER_SM * num_sms, batch * num_kv_heads)
+    by_length = triton.cdiv(context_tokens, 4 * block_n)
+    return max(1, min(by_occupancy, by_length, MAX_SPLITS))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    score_out: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    max_seq_len: int | None = None,
+    config: DecodeConfig | None = None,
+    num_sms: int = 132,
+) -> torch.Tensor:
+    """Launcher; same contract as reference.paged_decode_attention_ref.
+
+    q [B, Hq, D]; k_cache, v_cache [num_blocks, page, Hkv, D]; block_tables [B, max_blocks] int32;
+    seq_lens [B] int32; kv_scales (k_scale, v_scale) [num_blocks, page, Hkv] fp16 for INT8/FP8;
+    score_out [B, Hkv, >= max seq_len] fp32, added to. max_seq_len (optional; it must bound every
+    seq_len) sizes the split count and the scores' scratch; num_splits forces the split count.
+    Returns out [B, Hq, D] in q's dtype.
+    """
+    batch, num_heads, head_dim = q.shape
+    _, page_size, num_kv_heads, _ = k_cache.shape
+    group = num_heads // num_kv_heads
+    assert num_heads == group * num_kv_heads, f"Hq={num_heads} is not a multiple of Hkv={num_kv_heads}"
+    assert k_cache.shape == v_cache.shape and k_cache.shape[3] == head_dim, (
+        f"k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} do not fit q {tuple(q.shape)}")
+    assert q.stride(2) == 1 and k_cache.stride(3) == 1 and v_cache.stride(3) == 1, "head_dim must be contiguous"
+    assert block_tables.shape[0] == batch and seq_lens.shape == (batch,)
+    quantized = kv_scales is not None
+    if quantized:
+        k_scale, v_scale = kv_scales
+        assert k_scale.shape == k_cache.shape[:3] and k_scale.stride() == v_scale.stride()
+        assert k_cache.dtype.itemsize == 1, f"kv_scales given for a {k_cache.dtype} cache"
+    else:
+        assert k_cache.dtype == q.dtype, f"q is {q.dtype} but the cache is {k_cache.dtype} with no kv_scales"
+        k_scale = v_scale = k_cache  # unused
+    cfg = config or default_config(head_dim, k_cache.dtype)
+    capacity = block_tables.shape[1] * page_size  # no sequence is longer
+    context = max(1, min(max_seq_len or capacity, capacity))
+    if num_splits is None:
+        num_splits = choose_num_splits(batch, num_kv_heads, context, num_sms, cfg.block_n)
+    split_len = triton.cdiv(triton.cdiv(context, min(num_splits, MAX_SPLITS)), cfg.block_n) * cfg.block_n
+    num_splits = triton.cdiv(context, split_len)
+
+    out = torch.empty_like(q) if out is None else out
+    assert out.shape == q.shape and out.stride(2) == 1
+    direct = num_splits == 1
+    scores = score_out is not None
+    dev = q.device
+    part_out = _workspace(0 if direct else batch * num_heads * num_splits * head_dim, dev)  # [B, Hq, S, D]
+    part_lse = _workspace(batch * num_heads * num_splits, dev)  # [B, Hq, S]
+    # Probabilities per (sequence, query head, slot): as long as the table, or the caller's bound.
+    probs_len = context if max_seq_len else capacity
+    tiles = triton.cdiv(probs_len, cfg.block_n)
+    probs = _workspace(batch * num_heads * probs_len if scores else 0, dev, torch.float16)  # [B, Hq, probs_len]
+    tile_max = _workspace(batch * num_heads * tiles if scores else 0, dev)  # [B, Hq, tiles]
+    if scores:
+        assert score_out.dtype == torch.float32 and score_out.shape[:2] == (batch, num_kv_heads)
+        assert score_out.stride(2) == 1
+
+    group_pad = max(16, triton.next_power_of_2(group))
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    fast_i8 = FAST_INT8 and k_cache.dtype == torch.int8 and q.dtype == torch.float16 and head_dim == head_dim_pad
+    launch = {} if INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens,
+        out, part_out, part_lse, probs, tile_max,
+        scale * LOG2E, split_len, num_splits, probs_len, tiles,
+        q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
+        *cache_strides(k_cache, v_cache, kv_scales),
+        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
+        PAGE_SIZE=page_size, BLOCK_N=cfg.block_n,
+        QUANTIZED=quantized, DIRECT_OUT=direct, WRITE_PROBS=scores,
+        Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED), IEEE=q.dtype == torch.float32,
+        OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, FAST_I8=fast_i8, **launch,
+    )
+    if direct and not scores:
+        return out
+    # Scores are spread over chunks of the context like the splits.
+    num_chunks = num_splits if scores else 0
+    if scores and direct:
+        num_chunks = choose_num_splits(batch, num_kv_heads, context, num_sms, 256)
+    splits_pad = max(2, triton.next_power_of_2(num_splits))
+    _decode_reduce_kernel[(batch, num_kv_heads, max(num_chunks, 0 if direct else group))](
+        part_out, part_lse, seq_lens, out, probs, tile_max, score_out if scores else part_lse,
+        split_len, num_splits, triton.cdiv(context, max(num_chunks, 1)), num_chunks, probs_len, tiles,
+        out.stride(0), out.stride(1),
+        score_out.stride(0) if scores else 0, score_out.stride(1) if scores else 0,
+        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
+        HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=splits_pad, SPLIT_BLOCK=min(32, splits_pad),
+        BLOCK_N=cfg.block_n, SCORE_BLOCK=256, REDUCE_OUT=not direct, SCORES=scores,
+        **({} if INTERPRETED else {"num_warps": 4}),
+    )
+    return out
