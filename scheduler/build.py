@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine.backends.analytic import AnalyticBackend
-from engine.config import ModelConfig
+from engine.config import PRESETS, ModelConfig
 from engine.cost_model import CostModel
 from engine.errors import ConfigError
 from engine.gpus import GPU, get_gpu
-from engine.loader import load_config
 from kvcache.sizing import kv_bytes_per_block, kv_bytes_per_token
 from scheduler.config import SchedulerConfig
 from scheduler.request import Request
@@ -33,7 +32,13 @@ def kv_blocks_for_gpu(model: ModelConfig, gpu: GPU, kv_dtype: str, block_size: i
 def analytic_simulation(model: str | ModelConfig = "llama-3.1-8b", gpu: str | GPU = "h100",
                         kv_dtype: str = "fp16", *, gpu_mem_util: float = 0.9, budget_tokens: int | None = None,
                         sink_tokens: int = 4, evict_every: int = 1, **scheduler_fields) -> Simulation:
-    cfg = load_config(model) if isinstance(model, str) else model
+    if isinstance(model, str) and model in PRESETS:
+        model = PRESETS[model]
+    elif isinstance(model, str):  # a checkpoint's config; engine.loader imports torch, so only here
+        from engine.loader import load_config
+
+        model = load_config(model)
+    cfg = model
     gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
     block_size = scheduler_fields.get("block_size", SchedulerConfig.block_size)
     scheduler_fields.setdefault("num_blocks", kv_blocks_for_gpu(cfg, gpu, kv_dtype, block_size, gpu_mem_util))
