@@ -53,6 +53,7 @@ PREFILL_SHAPES = [(4, 2048, 0, 32, 8, 128), (8, 512, 3584, 32, 8, 128), (16, 128
 DEV = torch.device("cuda")
 BACKEND = "triton"  # --smoke: "interpret", on the CPU with tiny shapes, to test this script
 SMOKE = False
+FAST_INT8_OK = False  # set by main from the GPU check of the I2F-free INT8 conversion
 
 
 def ms(fn) -> float:
@@ -83,7 +84,7 @@ def paged(batch, lens, num_kv_heads, head_dim, page, dtype, gen):
 
 
 # ---------------------------------------------------------------- 1. correctness on the GPU
-def check_correctness(decode_only: bool = False) -> list[dict]:
+def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16", "int8", "fp8")) -> list[dict]:
     gen = torch.Generator(device=DEV).manual_seed(0)
     rows = []
 
@@ -97,7 +98,7 @@ def check_correctness(decode_only: bool = False) -> list[dict]:
                                                ("bf16", torch.bfloat16, torch.bfloat16, 1e-2),
                                                ("int8", torch.int8, torch.float16, 2e-3),
                                                ("fp8", fp8, torch.bfloat16, 1e-2)]:
-            if kv_dtype is None or (hq != 32 and name in ("bf16", "fp8")):
+            if kv_dtype is None or name not in names or (hq != 32 and name in ("bf16", "fp8")):
                 continue
             k, v, scales, tables, seq_lens = paged(len(lens), lens, hkv, d, page, kv_dtype, gen)
             q = torch.randn(len(lens), hq, d, device=DEV, generator=gen).to(q_dtype)
@@ -243,10 +244,28 @@ def decode_shape(shape, inp) -> dict:
          "config_fp16": vars(cfg), "config_int8": vars(mod.default_config(d, torch.int8)),
          "num_splits": mod.choose_num_splits(batch, hkv, length, num_sms(DEV), cfg.block_n),
          "input_copies_for_graph_timing": len(inp["copies"])}
-    for name, fns in decode_fns(shape, inp).items():
+    fns_all = decode_fns(shape, inp)
+    for name, fns in fns_all.items():
         r[f"{name}_ms"] = ms(fns[0])
         if name != "gather_sdpa":
             r[f"{name}_gpu_ms"] = gpu_ms(fns)
+    # The alternatives the defaults were chosen against, GPU time only: the other INT8 path, and
+    # the split count PROGRAMS_PER_SM alone would give where the one-split rule applies.
+    other = not mod.FAST_INT8
+    if FAST_INT8_OK:  # time the fast path only where it passed
+        saved, mod.FAST_INT8 = mod.FAST_INT8, other
+        try:
+            r["ours_int8_fast_gpu_ms" if other else "ours_int8_i2f_gpu_ms"] = gpu_ms(fns_all["ours_int8"])
+        finally:
+            mod.FAST_INT8 = saved
+    if r["num_splits"] == 1 and batch * hkv >= mod.ONE_SPLIT_WAVES * num_sms(DEV):
+        saved, mod.ONE_SPLIT_WAVES = mod.ONE_SPLIT_WAVES, 10**9
+        try:
+            r["num_splits_without_one_split_rule"] = mod.choose_num_splits(batch, hkv, length, num_sms(DEV), cfg.block_n)
+            for name in ("ours_fp16", "ours_fp16_scores"):
+                r[f"{name}_multisplit_gpu_ms"] = gpu_ms(fns_all[name])
+        finally:
+            mod.ONE_SPLIT_WAVES = saved
     return r
 
 
@@ -260,7 +279,7 @@ TUNE_CONFIGS = {  # (KV element bytes, head dim): candidate (block_n, num_warps,
 TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (16, 4096, 32, 8, 128), (1, 32768, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
 
 
-def tune(kept: dict, deadline: float) -> dict:
+def tune(kept: dict, deadline: float, int8_only: bool = False) -> dict:
     """Pick each (dtype, head dim)'s tile config, then PROGRAMS_PER_SM, by the geometric mean of
     CUDA-graph times over a few shapes; installs them in the module and returns the record."""
     mod = triton_module("decode_attention", BACKEND)
@@ -271,7 +290,11 @@ def tune(kept: dict, deadline: float) -> dict:
         return math.exp(sum(math.log(t) for t in times) / len(times)) if times else math.inf
 
     for (size, d), candidates in TUNE_CONFIGS.items():
+        if int8_only and size != 1:
+            continue
         name = "ours_fp16" if size == 2 else "ours_int8"
+        current = tuple(vars(mod.CONFIGS[(size, d)]).values())  # (block_n, num_warps, num_stages)
+        candidates = [current] + [c for c in candidates if c != current]  # the default first
         results = []
         for c in candidates:
             if time.time() > deadline:
@@ -283,9 +306,11 @@ def tune(kept: dict, deadline: float) -> dict:
                     results.append((t, c))
             except Exception as e:  # a config that does not compile or fit is just not chosen
                 record["configs"][f"{size}B/D{d} {c} error"] = repr(e)[:200]
-        best = min(results)[1] if results else candidates[0]
+        best = min(results)[1] if results else current
         mod.CONFIGS[(size, d)] = mod.DecodeConfig(*best)
         record["configs"][f"{size}B/D{d}"] = {"chosen": best, "geomean_ms": {str(c): t for t, c in results}}
+    if int8_only:  # INT8 tile configs only (the fast conversion changes their balance)
+        return record
     shapes = [s for s in SHAPES if s in kept]
     results = []
     for pps in (2, 4, 8, 16):
@@ -418,6 +443,12 @@ def table(result: dict) -> str:
                          f"{us(r, f'sdpa_contiguous{suffix}_ms')} {extra[0]} {extra[1]} {us(r, 'floor_ms')} | "
                          f"{x['fp16_vs_sdpa']:5.2f} {gath} {x['int8_vs_fp16']:5.2f} {x['scores_vs_plain']:5.2f} "
                          f"{100 * x['bandwidth_vs_copy']:4.0f}  {failed}")
+    for r in result["decode"]:
+        alt = {k: f"{r[k] * 1e3:.1f}" for k in ("ours_int8_gpu_ms", "ours_int8_i2f_gpu_ms", "ours_int8_fast_gpu_ms",
+                                                "ours_fp16_gpu_ms", "ours_fp16_multisplit_gpu_ms",
+                                                "ours_fp16_scores_gpu_ms", "ours_fp16_scores_multisplit_gpu_ms")
+               if r.get(k)}
+        lines.append(f"alternatives (GPU us) {tuple(r['shape'].values())} splits {r.get('num_splits')}: {alt}")
     for p in result.get("prefill", []):
         lines.append(f"prefill B{p['B']} new{p['new']} prefix{p['prefix']}: triton {p['triton_ms'] * 1e3:.1f} us, "
                      f"gather+sdpa {p['gather_sdpa_ms'] * 1e3:.1f} us")
@@ -445,11 +476,13 @@ def _smoke_settings() -> None:
 
 
 def main() -> None:
+    global FAST_INT8_OK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     parser.add_argument("--budget-s", type=float, default=400.0, help="optional stages stop after this")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, Triton interpreted")
     parser.add_argument("--skip", default="", help="comma-separated optional stages to skip: tune,prefill,flex")
+    parser.add_argument("--tune-int8-only", action="store_true", help="tune only the INT8 tile configs")
     args = parser.parse_args()
     if args.smoke:
         _smoke_settings()
@@ -472,11 +505,18 @@ def main() -> None:
             json.dump(result, f, indent=1)
         print(f"[{time.time() - start:6.1f} s] {stage} -> {path}", flush=True)
 
+    # INT8 decode both ways: the I2F-free conversion (FAST_INT8) and the I2F path. The fast one
+    # runs only if it passed; the JSON keeps both paths' checks.
+    fast_asked = mod.FAST_INT8
+    mod.FAST_INT8 = False
+    result["correctness_int8_i2f"] = check_correctness(decode_only=True, names=("int8",))
+    mod.FAST_INT8 = True
+    result["correctness_int8_fast"] = check_correctness(decode_only=True, names=("int8",))
+    fast_ok = all(c["pass"] for c in result["correctness_int8_fast"])
+    mod.FAST_INT8 = fast_asked and fast_ok
     result["correctness"] = check_correctness()
-    if any(not c["pass"] for c in result["correctness"] if "int8" in c["check"] and "decode" in c["check"]):
-        mod.FAST_INT8 = False  # keep the run useful; the JSON says the fast path failed
-        result["correctness_fast_int8_failed"] = result["correctness"]
-        result["correctness"] = check_correctness()
+    result["fast_int8_passed"] = fast_ok
+    FAST_INT8_OK = fast_ok
     result["fast_int8"] = mod.FAST_INT8
     save("correctness")
     result["copy"] = copy_bandwidth()
@@ -484,9 +524,10 @@ def main() -> None:
     kept = {shape: decode_inputs(shape, gen) for shape in SHAPES}
     save("inputs")
     if "tune" not in skip:
-        result["tuning"] = tune(kept, start + 0.45 * args.budget_s)
+        result["tuning"] = tune(kept, start + 0.45 * args.budget_s, args.tune_int8_only)
         save("tuning")
-        result["correctness_after_tuning"] = check_correctness(decode_only=True)
+        result["correctness_after_tuning"] = check_correctness(
+            decode_only=True, names=("int8",) if args.tune_int8_only else ("fp16", "bf16", "int8", "fp8"))
         save("correctness after tuning")
     result["defaults"] = {"configs": {f"{k[0]}B/D{k[1]}": vars(v) for k, v in mod.CONFIGS.items()},
                           "programs_per_sm": mod.PROGRAMS_PER_SM, "fast_int8": mod.FAST_INT8}

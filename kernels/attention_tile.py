@@ -56,8 +56,8 @@ def attend_tile(
 ):
     """q [M, D] (DOT_DTYPE); m, l [M], acc [M, D] fp32; allowed [M, N] bool; t, t_mask [N].
 
-    Returns the updated (m, l, acc) and p [M, N] = exp2(logit - m), the tile's probabilities
-    relative to the new running max (0 where not allowed).
+    Returns the updated (m, l, acc) and the tile's logits [M, N] fp32 in base 2 (softmax scale *
+    log2(e) * q.k, -inf where not allowed): exp2(logit - final LSE) is a slot's probability.
     Every row must have an allowed slot in the first tile it sees, so m is finite from then on.
     """
     page = tl.load(block_table_row + t // PAGE_SIZE, mask=t_mask, other=0)
@@ -96,7 +96,7 @@ def attend_tile(
     else:
         pv = dot(p.to(Q_DTYPE).to(DOT_DTYPE), v.to(DOT_DTYPE), IEEE)
     acc = acc * alpha[:, None] + pv
-    return m_new, l, acc, p
+    return m_new, l, acc, qk
 
 
 def dot_dtype(q_dtype, interpreted: bool):

@@ -7,10 +7,12 @@ Flash-decoding in two launches:
     output and log-sum-exp (base 2) to a workspace; with a single split it writes the output.
   stage 2, grid (B, Hkv, Z): program z < GROUP combines the splits of query head
     kvh * GROUP + z (all splits loaded at once, not one after another); with score_out, program
-    z also turns chunk z of the saved probabilities into final ones and adds their group sum.
-For score_out, stage 1 saves each probability relative to its tile's running max (fp16, in
-[0, 1]) and the max (fp32, one per tile and head): 2 bytes per query head and token against the
-4 * head_dim bytes of K and V the kernel reads anyway, so the scores never re-read K.
+    z also turns chunk z of the saved logits into probabilities with the head's final LSE and
+    adds their group sum.
+For score_out, stage 1 saves each logit (fp32, base 2): 4 bytes per query head and token against
+the 4 * head_dim bytes of K and V the kernel reads anyway, so the scores never re-read K. (An fp16
+probability relative to each tile's max halved those bytes but measured slower: stage 2's
+per-token gather of the tile max cost more than it saved; PERF_NOTES.md.)
 
 INT8 / FP8 caches are dequantized in the kernel (kernels/attention_tile.py).
 
@@ -36,8 +38,8 @@ MAX_SPLITS = 128
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, seq_lens_ptr,
-    out_ptr, part_out_ptr, part_lse_ptr, probs_ptr, tile_max_ptr,
-    scale_log2, split_len, num_splits, probs_stride, tiles_stride,
+    out_ptr, part_out_ptr, part_lse_ptr, logits_ptr,
+    scale_log2, split_len, num_splits, logits_stride,
     stride_qb, stride_qh, stride_btb, stride_ob, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
@@ -70,16 +72,15 @@ def _decode_split_kernel(
     for t0 in range(start, end, BLOCK_N):
         t = t0 + tl.arange(0, BLOCK_N)  # logical slots [N]
         t_mask = t < end
-        m, l, acc, p = attend_tile(
+        m, l, acc, logit = attend_tile(
             q, m, l, acc, t_mask[None, :],
             t, t_mask, d, d_mask, block_tables_ptr + b * stride_btb, kvh,
             k_ptr, v_ptr, k_scale_ptr, v_scale_ptr,
             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
             scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, FAST_I8)
         if WRITE_PROBS:
-            tl.store(probs_ptr + head_row[:, None] * probs_stride + t[None, :], p.to(tl.float16),
+            tl.store(logits_ptr + head_row[:, None] * logits_stride + t[None, :], logit,
                      mask=head_mask[:, None] & t_mask[None, :])
-            tl.store(tile_max_ptr + head_row * tiles_stride + t0 // BLOCK_N, m, mask=head_mask)
 
     l_safe = tl.where(l > 0, l, 1.0)
     o = acc / l_safe[:, None]
@@ -98,12 +99,12 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(
-    part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, probs_ptr, tile_max_ptr, score_ptr,
-    split_len, num_splits, score_chunk, num_score_chunks, probs_stride, tiles_stride,
+    part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, logits_ptr, score_ptr,
+    split_len, num_splits, score_chunk, num_score_chunks, logits_stride,
     stride_ob, stride_oh, stride_scb, stride_sch,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-    BLOCK_N: tl.constexpr, SCORE_BLOCK: tl.constexpr, REDUCE_OUT: tl.constexpr, SCORES: tl.constexpr,
+    SCORE_BLOCK: tl.constexpr, REDUCE_OUT: tl.constexpr, SCORES: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -148,11 +149,9 @@ def _decode_reduce_kernel(
             for t0 in range(t_start, t_end, SCORE_BLOCK):
                 t = t0 + tl.arange(0, SCORE_BLOCK)
                 mask = head_mask[:, None] & (t < t_end)[None, :]
-                p = tl.load(probs_ptr + head_row[:, None] * probs_stride + t[None, :], mask=mask, other=0.0)
-                tile_max = tl.load(tile_max_ptr + head_row[:, None] * tiles_stride + (t // BLOCK_N)[None, :],
-                                   mask=mask, other=0.0)
-                # tile_max <= lse_final, so the factor is <= 1
-                prob = tl.sum(p.to(tl.float32) * tl.exp2(tile_max - lse_final[:, None]), 0)  # [T] group sum
+                logit = tl.load(logits_ptr + head_row[:, None] * logits_stride + t[None, :], mask=mask,
+                                other=float("-inf"))
+                prob = tl.sum(tl.exp2(logit - lse_final[:, None]), 0)  # [T] group sum
                 ptr = score_ptr + b * stride_scb + kvh * stride_sch + t
                 tl.store(ptr, tl.load(ptr, mask=t < t_end, other=0.0) + prob, mask=t < t_end)
 
@@ -181,14 +180,17 @@ class DecodeConfig:
 # Tile configs by (KV element bytes, head dim), tuned by bench/kernels.py on an H100 (CUDA-graph
 # times; bench/results/kernels_h100.json, "tuning" and "defaults"); other head dims take the
 # nearest. PROGRAMS_PER_SM sets the split count: ceil(PROGRAMS_PER_SM * SMs / (B * Hkv)) splits,
-# at least 4 tiles each (so 1 once the batch fills the GPU).
+# at least 4 tiles each; one split per (sequence, KV head) once B * Hkv >= ONE_SPLIT_WAVES * SMs
+# (the batch alone fills the GPU: splits then only add workspace traffic and a reduce launch;
+# run 1 measured (64, 4096) 369 us with one split against 385 us with 5).
 CONFIGS = {(2, 128): DecodeConfig(64, 4, 2), (2, 64): DecodeConfig(64, 4, 3),
-           (1, 128): DecodeConfig(32, 4, 2), (1, 64): DecodeConfig(128, 4, 2)}
+           (1, 128): DecodeConfig(64, 4, 2), (1, 64): DecodeConfig(128, 4, 2)}
 PROGRAMS_PER_SM = 16
-# INT8 K/V converted to fp16 without I2F (attention_tile.load_i8_as_f16). Off: its first GPU
-# version failed the bench's correctness check (a column-order bug, fixed and tested since under
-# the interpreter), so the H100 numbers are of the I2F path; it needs one GPU run to be timed.
-FAST_INT8 = False
+ONE_SPLIT_WAVES = 2
+# INT8 K/V converted to fp16 without I2F (attention_tile.load_i8_as_f16). Its first GPU version
+# failed the bench's correctness check (a column-order bug, fixed and tested since under the
+# interpreter); bench/kernels.py checks both paths on the GPU and records which one ran.
+FAST_INT8 = True
 
 
 def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:
@@ -198,11 +200,14 @@ def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:
 
 
 def choose_num_splits(batch: int, num_kv_heads: int, context_tokens: int, num_sms: int, block_n: int) -> int:
-    """Split the context until the grid has PROGRAMS_PER_SM programs an SM, each >= 4 tiles long.
+    """Split the context until the grid has PROGRAMS_PER_SM programs an SM, each >= 4 tiles long;
+    no split once B * Hkv alone is ONE_SPLIT_WAVES waves of programs over the SMs.
 
     The price of a split, its partial output, is 4 * head_dim bytes per query head against
     4 * head_dim bytes per token of K and V; stage 2 reads all of a head's splits in one go.
     """
+    if batch * num_kv_heads >= ONE_SPLIT_WAVES * num_sms:
+        return 1
     by_occupancy = triton.cdiv(PROGRAMS_PER_SM * num_sms, batch * num_kv_heads)
     by_length = triton.cdiv(context_tokens, 4 * block_n)
     return max(1, min(by_occupancy, by_length, MAX_SPLITS))
@@ -263,11 +268,9 @@ def paged_decode_attention(
     dev = q.device
     part_out = _workspace(0 if direct else batch * num_heads * num_splits * head_dim, dev)  # [B, Hq, S, D]
     part_lse = _workspace(batch * num_heads * num_splits, dev)  # [B, Hq, S]
-    # Probabilities per (sequence, query head, slot): as long as the table, or the caller's bound.
-    probs_len = context if max_seq_len else capacity
-    tiles = triton.cdiv(probs_len, cfg.block_n)
-    probs = _workspace(batch * num_heads * probs_len if scores else 0, dev, torch.float16)  # [B, Hq, probs_len]
-    tile_max = _workspace(batch * num_heads * tiles if scores else 0, dev)  # [B, Hq, tiles]
+    # Logits per (sequence, query head, slot): as long as the table, or the caller's bound.
+    logits_len = context if max_seq_len else capacity
+    logits = _workspace(batch * num_heads * logits_len if scores else 0, dev)  # [B, Hq, logits_len]
     if scores:
         assert score_out.dtype == torch.float32 and score_out.shape[:2] == (batch, num_kv_heads)
         assert score_out.stride(2) == 1
@@ -278,8 +281,8 @@ def paged_decode_attention(
     launch = {} if INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens,
-        out, part_out, part_lse, probs, tile_max,
-        scale * LOG2E, split_len, num_splits, probs_len, tiles,
+        out, part_out, part_lse, logits,
+        scale * LOG2E, split_len, num_splits, logits_len,
         q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         *cache_strides(k_cache, v_cache, kv_scales),
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
@@ -297,13 +300,13 @@ def paged_decode_attention(
         num_chunks = choose_num_splits(batch, num_kv_heads, context, num_sms, 256)
     splits_pad = max(2, triton.next_power_of_2(num_splits))
     _decode_reduce_kernel[(batch, num_kv_heads, max(num_chunks, 0 if direct else group))](
-        part_out, part_lse, seq_lens, out, probs, tile_max, score_out if scores else part_lse,
-        split_len, num_splits, triton.cdiv(context, max(num_chunks, 1)), num_chunks, probs_len, tiles,
+        part_out, part_lse, seq_lens, out, logits, score_out if scores else part_lse,
+        split_len, num_splits, triton.cdiv(context, max(num_chunks, 1)), num_chunks, logits_len,
         out.stride(0), out.stride(1),
         score_out.stride(0) if scores else 0, score_out.stride(1) if scores else 0,
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=splits_pad, SPLIT_BLOCK=min(32, splits_pad),
-        BLOCK_N=cfg.block_n, SCORE_BLOCK=256, REDUCE_OUT=not direct, SCORES=scores,
+        SCORE_BLOCK=256, REDUCE_OUT=not direct, SCORES=scores,
         **({} if INTERPRETED else {"num_warps": 4}),
     )
     return out
