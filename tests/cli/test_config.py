@@ -63,10 +63,10 @@ def test_bad_config_files(tmp_path, text, fragments):
     (["sweep", "--sessions", "8,4"], ["sessions.sessions (--sessions): must be increasing"]),
     (["replay", "--config", "/no/such.toml"], ["--config /no/such.toml: no such file"]),
     (["replay", "--config", "x.ini"], ["expected a .toml, .yaml"]),
-    (["quality"], ["`kvsim quality` is not available yet"]),
+    (["profile"], ["`kvsim profile` is not available yet"]),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, args, fragments):
-    one_line_error(kvsim(*args, "--out", tmp_path / "x") if args[0] != "quality" else kvsim(*args), *fragments)
+    one_line_error(kvsim(*args, "--out", tmp_path / "x") if args[0] != "profile" else kvsim(*args), *fragments)
 
 
 def test_bad_trace_is_one_line(tmp_path):
