@@ -50,7 +50,7 @@ class Simulation:
                                  # real K/V: share a prefix block only once it has been written
                                  publish_on_write=getattr(backend, "needs_copies", False))
         self.scheduler = Scheduler(config, self.kv, budget_tokens)
-        self.budget_tokens, self.evict_every = budget_tokens, evict_every
+        self.evict_every = evict_every  # the budgets live in the scheduler (budget_of)
         self.seqs: list[Sequence] = []
         self.steps = StepLog()
         self.session_rows: list[dict] = []
