@@ -107,7 +107,7 @@ def paged_prefill_attention_ref(
     or earlier chunks fill the slots before them). Returns [T, Hq, D] in q's dtype.
     """
     return _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, torch.float32,
-                          lambda q_, k, v, mask: _attend(q_, k, v, scale, mask)[0])
+                          lambda b, q_, k, v, mask: _attend(q_, k, v, scale, mask)[0])
 
 
 def paged_prefill_attention_sdpa(
@@ -122,7 +122,7 @@ def paged_prefill_attention_sdpa(
 ) -> torch.Tensor:
     """paged_prefill_attention_ref's contract the fast torch way: gather each sequence's pages in
     q's dtype, then one SDPA call. The gather-then-SDPA peer on a GPU."""
-    def sdpa(q_, k, v, mask):  # q_ [n, Hq, D], k/v [L, Hkv, D], mask [n, L] -> [n, Hq, D]
+    def sdpa(b, q_, k, v, mask):  # q_ [n, Hq, D], k/v [L, Hkv, D], mask [n, L] -> [n, Hq, D]
         o = torch.nn.functional.scaled_dot_product_attention(
             q_.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
             attn_mask=mask, scale=scale, enable_gqa=True)
@@ -132,7 +132,7 @@ def paged_prefill_attention_sdpa(
 
 
 def _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, dtype, attend):
-    """Per sequence with new tokens: gather its K/V in dtype, attend(q, k, v, causal mask)."""
+    """Per sequence b with new tokens: gather its K/V in dtype, attend(b, q, k, v, causal mask)."""
     out = torch.zeros(q.shape, dtype=dtype, device=q.device)
     cu, lens = cu_seqlens_q.tolist(), seq_lens.tolist()
     for b, seq_len in enumerate(lens):
@@ -142,7 +142,7 @@ def _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv
         k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales, dtype=dtype)
         query_slot = torch.arange(seq_len - (end - start), seq_len, device=q.device)
         mask = torch.arange(seq_len, device=q.device)[None, :] <= query_slot[:, None]  # [n, L]
-        out[start:end] = attend(q[start:end].to(dtype), k, v, mask)
+        out[start:end] = attend(b, q[start:end].to(dtype), k, v, mask)
     return out.to(q.dtype)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import _attend, gather_kv
+from kernels.reference import _attend, _paged_prefill
 
 
 def paged_prefill_scores_ref(
@@ -25,16 +25,12 @@ def paged_prefill_scores_ref(
     windows [B]: count only the last windows[b] queries of sequence b (0 = all of them).
     Arguments otherwise as `paged_prefill_attention_ref`."""
     num_kv_heads = k_cache.shape[2]
-    for b in range(len(seq_lens)):
-        start, end = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
-        if windows is not None and int(windows[b]) > 0:
-            start = max(start, end - int(windows[b]))
-        num_new, seq_len = end - start, int(seq_lens[b])
-        if num_new == 0:
-            continue
-        k, v = gather_kv(k_cache, v_cache, block_tables[b], seq_len, kv_scales)
-        query_slot = torch.arange(seq_len - num_new, seq_len, device=q.device)
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= query_slot[:, None]
-        _, probs = _attend(q[start:end], k, v, scale, mask)  # [n, Hq, L]
+
+    def accumulate(b, q_, k, v, mask):  # q_ [n, Hq, D], k/v [L, Hkv, D], mask [n, L]
+        n = int(windows[b]) if windows is not None and int(windows[b]) > 0 else len(q_)
+        _, probs = _attend(q_[-n:], k, v, scale, mask[-n:])  # [n, Hq, L]
         group = probs.shape[1] // num_kv_heads
-        score_out[b, :, :seq_len] += probs.sum(0).view(num_kv_heads, group, seq_len).sum(1)
+        score_out[b, :, : k.shape[0]] += probs.sum(0).view(num_kv_heads, group, -1).sum(1)
+        return torch.zeros_like(q_)  # the scores are the result; the attention output is not needed
+
+    _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, torch.float32, accumulate)
