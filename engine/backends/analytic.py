@@ -40,24 +40,21 @@ class AnalyticBackend:
     def __init__(self, cost_model: CostModel, sink_tokens: int = 4):
         self.cost = cost_model
         self.sink_tokens = sink_tokens
-        self._ring: dict[int, int] = {}
 
     def execute(self, scheduled, kv, swap_bytes: int = 0) -> StepResult:
         shape = step_shape(scheduled, swap_bytes, decode_context=lambda it: kv.num_slots(it.seq.seq_id))
         return StepResult(self.cost.step_time(shape))
 
     def select_evictions(self, seq_id: int, kv, n: int) -> list[int]:
-        """Which tokens go does not change any count, so no scores are kept: the slots after
-        the sinks are taken round-robin (dense slots, StreamingLLM's order when no moves)."""
+        """Which tokens go changes no count, so no scores are kept. The slots just before the
+        newest token go: compaction then moves at most that one token, and a block is never
+        emptied by a one-token eviction (as with a real policy, which evicts older slots)."""
         num_slots = kv.num_slots(seq_id)
-        sinks = min(self.sink_tokens, num_slots - n)
-        span = num_slots - sinks
-        start = self._ring.get(seq_id, 0)
-        self._ring[seq_id] = (start + n) % span
-        return [sinks + (start + i) % span for i in range(n)]
+        start = max(min(self.sink_tokens, num_slots - n), num_slots - 1 - n)
+        return list(range(start, start + n))
 
     def on_moves(self, seq_id: int, moves) -> None:
         pass
 
     def on_free(self, seq_id: int) -> None:
-        self._ring.pop(seq_id, None)
+        pass

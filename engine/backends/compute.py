@@ -20,7 +20,7 @@ from engine.loader import LoadedModel
 from engine.runner import ModelRunner, StepInput
 from kvcache.copy_exec import apply_copies
 from kvcache.kv_store import PagedKVStore
-from kvcache.policies import EvictionPolicy, select_evictions
+from kvcache.policies import EvictionPolicy, make_policy, select_evictions
 from kvcache.policies.rules import max_pool
 from kvcache.swap import HostSwapPool
 
@@ -34,10 +34,10 @@ class ComputeBackend(AnalyticBackend):
                  kv_dtype: str | torch.dtype | None = None, num_swap_blocks: int = 0,
                  sampling: SamplingParams = SamplingParams(), measure: bool | None = None, sink_tokens: int = 4,
                  policy: EvictionPolicy | None = None):
-        """policy: how tokens are chosen for eviction (per sequence with `set_policy`); None keeps
-        StreamingLLM's order (sinks, then the oldest)."""
+        """policy: how tokens are chosen for eviction (per sequence with `set_policy`); by default
+        StreamingLLM (sink_tokens sinks, then the oldest go)."""
         super().__init__(cost_model, sink_tokens)
-        self.policy = policy
+        self.policy = policy if policy is not None else make_policy("streaming", sink_tokens=sink_tokens)
         self.policies: dict[int, EvictionPolicy] = {}
         self.scores: dict[int, SlotScores] = {}
         self.forced: dict[int, list[int]] = {}  # seq_id -> its outputs, when teacher-forced
@@ -65,15 +65,13 @@ class ComputeBackend(AnalyticBackend):
     def set_policy(self, seq_id: int, policy: EvictionPolicy) -> None:
         self.policies[seq_id] = policy
 
-    def policy_of(self, seq_id: int) -> EvictionPolicy | None:
+    def policy_of(self, seq_id: int) -> EvictionPolicy:
         return self.policies.get(seq_id, self.policy)
 
     def _needs(self, scheduled) -> set[str]:
         needs: set[str] = set()
         for item in scheduled:
-            policy = self.policy_of(item.seq.seq_id)
-            if policy is not None:
-                needs.update(policy.needs)
+            needs.update(self.policy_of(item.seq.seq_id).needs)
         return needs
 
     def execute(self, scheduled, kv, swap_bytes: int = 0) -> StepResult:
@@ -127,8 +125,6 @@ class ComputeBackend(AnalyticBackend):
         for b, item in enumerate(scheduled):
             seq_id = item.seq.seq_id
             policy = self.policy_of(seq_id)
-            if policy is None:
-                continue
             scores = self.scores.setdefault(seq_id, SlotScores())
             fresh = scores.sync(kv.slot_positions(seq_id))
             n = len(scores.positions)
@@ -160,8 +156,6 @@ class ComputeBackend(AnalyticBackend):
 
     def select_evictions(self, seq_id: int, kv, n: int) -> list[int]:
         policy = self.policy_of(seq_id)
-        if policy is None:
-            return super().select_evictions(seq_id, kv, n)
         scores = self.scores.setdefault(seq_id, SlotScores())
         scores.sync(kv.slot_positions(seq_id))
         return select_evictions(policy, scores.state(), n).tolist()
