@@ -21,7 +21,7 @@ from scheduler.request import Status
 
 
 def _new_blocks(slots: int, extra: int, block_size: int) -> int:
-    """Blocks a sequence holding `slots` takes to append `extra` more."""
+    """Blocks a sequence holding `slots` takes to append `extra` more (numpy arrays broadcast)."""
     return -(-(slots + extra) // block_size) - -(-slots // block_size)
 
 
@@ -70,9 +70,8 @@ def _run(sim, out, durations, growing, held):
     for seq, _ in growing:  # the appends of steps 2..k, at once
         kv.append_slots(seq.seq_id, k - 1)
     # blocks taken by the appends of steps 2..j, for j = 1..k-1 ([k-1])
-    slots = np.array([n for _, n in growing], dtype=np.int64)[:, None]
-    extra = np.arange(k - 1, dtype=np.int64)[None, :]
-    new = (-(-(slots + extra) // size) - -(-slots // size)).sum(axis=0) if len(growing) else np.zeros(k - 1, np.int64)
+    slots = np.array([n for _, n in growing], dtype=np.int64).reshape(-1, 1)  # [G, 1]
+    new = _new_blocks(slots, np.arange(k - 1, dtype=np.int64), size).sum(axis=0)  # [k - 1]
     taken_cached = np.maximum(new - free0, 0)
     times = []
     detail = tuple((s.seq.seq_id, 1) for s in out.scheduled)

@@ -42,10 +42,12 @@ class _Collector:
 
     def __init__(self, ids: torch.Tensor, prefill: int, index: dict[int, PointResult], ref: list | None,
                  keep_ref: int | None):
-        self.ids, self.prefill, self.index, self.ref, self.keep_ref = ids, prefill, index, ref, keep_ref
+        self.ids, self.prefill, self.index, self.keep_ref = ids, prefill, index, keep_ref
         self.step: dict[int, int] = dict.fromkeys(index, 0)
         self.rows: dict[int, list] = {k: [] for k in index}
         self.ref_logp: list[torch.Tensor] = []
+        # without an external reference, compare with our own (it runs first in every step)
+        self.ref = ref if ref is not None else self.ref_logp
 
     def __call__(self, seq_ids: list[int], logits: torch.Tensor) -> None:
         logp = torch.log_softmax(logits.float(), dim=-1)  # [n, V]
@@ -57,12 +59,9 @@ class _Collector:
         top1 = logp.argmax(-1)
         if self.keep_ref in seq_ids:
             self.ref_logp.append(logp[seq_ids.index(self.keep_ref)].half())
-        if self.ref is not None:
-            ref = torch.stack([self.ref[j] for j in steps]).float()  # [n, V]
-            kl = (ref.exp() * (ref - logp)).sum(-1)
-            agree = (top1 == ref.argmax(-1)).float()
-        else:
-            kl = agree = torch.full_like(nll, float("nan"))
+        ref = torch.stack([self.ref[j] for j in steps]).float()  # [n, V]
+        kl = (ref.exp() * (ref - logp)).sum(-1)
+        agree = (top1 == ref.argmax(-1)).float()
         values = torch.stack([nll, top1.float(), kl, agree], dim=1).cpu().tolist()  # one transfer a step
         for seq_id, row in zip(seq_ids, values):
             self.rows[seq_id].append(row)
@@ -118,19 +117,8 @@ def stream_points(loaded: LoadedModel, ids: list[int], points: list[tuple[str, i
         backend.on_logits = sink_hook
     else:
         backend.on_logits = collector
-    if ref_logp is None:
-        collector.ref = _LiveReference(collector)
     sim.run()
     collector.finish()
     sink = float(np.mean(sink_share)) if sink_share else float("nan")
     return list(index.values()), collector.ref_logp if ref_logp is None else ref_logp, sink
 
-
-class _LiveReference:
-    """The reference's log-probs as they are produced (it runs first within each step)."""
-
-    def __init__(self, collector: _Collector):
-        self.collector = collector
-
-    def __getitem__(self, j: int) -> torch.Tensor:
-        return self.collector.ref_logp[j]
