@@ -45,3 +45,30 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def copy_bandwidth(device="cuda", num_bytes: int = 2**30) -> dict:
+    """Device-to-device copy bandwidth: bytes read + bytes written per second, the convention of
+    bench/kernels.py (a 1 GiB copy moves 2 GiB). On a GPU, the median of triton.testing.do_bench
+    (L2 flushed before each call); elsewhere (smoke runs), the median of 5 host-timed copies."""
+    import time
+
+    import torch
+
+    device = torch.device(device)
+    src = torch.randn(num_bytes // 4, device=device, dtype=torch.float32)  # [num_bytes / 4]
+    dst = torch.empty_like(src)
+    if device.type == "cuda":
+        import triton.testing
+
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=60, return_mode="median")
+    else:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            dst.copy_(src)
+            times.append((time.perf_counter() - start) * 1e3)
+        ms = sorted(times)[2]
+    moved = 2 * src.numel() * 4
+    return {"bytes_moved": moved, "ms": ms, "gb_per_s": moved / ms / 1e6,
+            "convention": "(bytes read + bytes written) / time of one device-to-device copy"}

@@ -1,16 +1,20 @@
 """Benchmark kvsim's paged-attention kernels on a GPU against their peers, in one run.
 
-    PYTHONPATH=. python3 bench/kernels.py [--out DIR] [--budget-s 420]
+    PYTHONPATH=. python3 bench/kernels.py [--out DIR] [--budget-s 240] [--skip flex]
 
-1. Correctness on the GPU against the torch reference: decode (fp16, bf16, INT8, FP8, split-K,
-   score_out), prefill, the cache write (INT8/FP8 bytes exactly) and block/slot copies.
+1. Correctness on the GPU against the torch reference: decode (fp16, bf16, INT8 with each of its
+   conversions, FP8, split-K, score_out), prefill, the cache write (INT8/FP8 bytes exactly) and
+   block/slot copies.
 2. The bandwidth floor: a device-to-device copy measured in the same run.
 3. Decode per shape (B, L, Hq, Hkv, D): ours fp16, fp16 + score_out, INT8; torch SDPA on a
    contiguous KV (enable_gqa); gather-pages-then-SDPA; FlexAttention with a paged block mask.
-   Before them, the tile config per (dtype, head dim) and the split heuristic's programs per SM
-   are tuned on CUDA-graph times and installed (the JSON's "defaults" are what ran; the module's
-   CONFIGS / PROGRAMS_PER_SM are set from them). 4. Prefill: our Triton kernel against
-   gather-then-SDPA. Flex (which compiles per shape) runs last, within the budget.
+   Before them, tune() chooses on CUDA-graph times and installs in the module: the INT8
+   conversion (among those that passed 1.), the tile config and split rule per (dtype, head
+   dim), and where score_out's probabilities are made; the checks run again with the result
+   (any failure reverts to the defaults). The JSON's "defaults" are what ran, and "patch" (also
+   printed last) the lines to paste into kernels/decode_config.py to make them the defaults.
+   4. Prefill: our Triton kernel against gather-then-SDPA. Flex (which compiles per shape) runs
+   last, while the budget lasts.
 Two timings: eager medians of triton.testing.do_bench (it flushes the L2 before every call; host
 launch cost shows where the GPU work is shorter than it) and GPU time from CUDA-graph replays
 rotating over input copies that overflow the L2. The table is printed last; kernels_<gpu>.json is written
@@ -20,6 +24,8 @@ to --out (default $OUT, else bench/results) after every stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -39,6 +45,7 @@ import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
 import kernels  # noqa: E402
+from kernels import decode_config  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels._dispatch import num_sms, triton_module  # noqa: E402
 
@@ -53,7 +60,18 @@ PREFILL_SHAPES = [(4, 2048, 0, 32, 8, 128), (8, 512, 3584, 32, 8, 128), (16, 128
 DEV = torch.device("cuda")
 BACKEND = "triton"  # --smoke: "interpret", on the CPU with tiny shapes, to test this script
 SMOKE = False
-FAST_INT8_OK = False  # set by main from the GPU check of the I2F-free INT8 conversion
+INT8_MODES_OK: dict = {}  # INT8 conversion -> passed the GPU check (set by main)
+
+
+@contextlib.contextmanager
+def _setting(mod, name, value):
+    """Module attribute `name` = value inside the block, restored after."""
+    saved = getattr(mod, name)
+    setattr(mod, name, value)
+    try:
+        yield
+    finally:
+        setattr(mod, name, saved)
 
 
 def ms(fn) -> float:
@@ -84,7 +102,8 @@ def paged(batch, lens, num_kv_heads, head_dim, page, dtype, gen):
 
 
 # ---------------------------------------------------------------- 1. correctness on the GPU
-def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16", "int8", "fp8")) -> list[dict]:
+def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16", "int8", "fp8"),
+                      plain_one_split: bool = True) -> list[dict]:
     gen = torch.Generator(device=DEV).manual_seed(0)
     rows = []
 
@@ -113,6 +132,13 @@ def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16",
                 tag = f"decode {name} Hq{hq}/Hkv{hkv} D{d} page{page} splits={splits}"
                 record(tag, math.inf if out.isnan().any() else rel_err(out, expected), bound)
                 record(tag + " score_out", (scores - expected_scores).abs().max().item(), 1e-3)
+            if not plain_one_split:
+                continue
+            out = torch.full_like(q, float("nan"))  # the timed one-split path: no score_out
+            kernels.paged_decode_attention(q, k, v, tables, seq_lens, d ** -0.5, scales, out=out, num_splits=1,
+                                           interpret=SMOKE)
+            record(f"decode {name} Hq{hq}/Hkv{hkv} D{d} page{page} splits=1 no score_out",
+                   math.inf if out.isnan().any() else rel_err(out, expected), bound)
     if decode_only:
         return rows
     # prefill: a full prompt, a prefix hit and a single token, fp16 / INT8 / bf16
@@ -237,92 +263,148 @@ def decode_fns(shape, inp) -> dict:
 def decode_shape(shape, inp) -> dict:
     """Times of every implementation for one shape: do_bench (eager, L2 flushed) and CUDA graph."""
     batch, length, hq, hkv, d = shape
-    mod = triton_module("decode_attention", BACKEND)
+    mod = decode_config
     cfg = mod.default_config(d, torch.float16)
     r = {"shape": dict(zip(["B", "L", "Hq", "Hkv", "D"], shape)), "page": PAGE,
          "bytes_fp16": batch * length * hkv * d * 2 * 2, "bytes_int8": batch * length * hkv * (d + 2) * 2,
          "config_fp16": vars(cfg), "config_int8": vars(mod.default_config(d, torch.int8)),
-         "num_splits": mod.choose_num_splits(batch, hkv, length, num_sms(DEV), cfg.block_n),
+         "num_splits": mod.choose_num_splits(batch, hkv, length, num_sms(DEV), cfg.block_n, cfg.programs_per_sm,
+                                             cfg.min_split_tiles),
+         "int8_convert": mod.INT8_CONVERT, "scores_in_split": mod.SCORES_IN_SPLIT,
          "input_copies_for_graph_timing": len(inp["copies"])}
     fns_all = decode_fns(shape, inp)
     for name, fns in fns_all.items():
         r[f"{name}_ms"] = ms(fns[0])
         if name != "gather_sdpa":
             r[f"{name}_gpu_ms"] = gpu_ms(fns)
-    # The alternatives the defaults were chosen against, GPU time only: the other INT8 path, and
-    # the split count PROGRAMS_PER_SM alone would give where the one-split rule applies.
-    other = not mod.FAST_INT8
-    if FAST_INT8_OK:  # time the fast path only where it passed
-        saved, mod.FAST_INT8 = mod.FAST_INT8, other
-        try:
-            r["ours_int8_fast_gpu_ms" if other else "ours_int8_i2f_gpu_ms"] = gpu_ms(fns_all["ours_int8"])
-        finally:
-            mod.FAST_INT8 = saved
+    # The alternatives the defaults were chosen against, GPU time only: the run-3 INT8 conversion
+    # ("bits"), the other score_out path where one split runs, and the split count the occupancy
+    # rule alone would give where the one-split rule applies.
+    if mod.INT8_CONVERT != "bits" and INT8_MODES_OK.get("bits"):
+        with _setting(mod, "INT8_CONVERT", "bits"):
+            r["ours_int8_bits_gpu_ms"] = gpu_ms(fns_all["ours_int8"])
+    if r["num_splits"] == 1:
+        other = "stage2" if mod.SCORES_IN_SPLIT else "in_split"
+        with _setting(mod, "SCORES_IN_SPLIT", not mod.SCORES_IN_SPLIT):
+            r[f"ours_fp16_scores_{other}_gpu_ms"] = gpu_ms(fns_all["ours_fp16_scores"])
     if r["num_splits"] == 1 and batch * hkv >= mod.ONE_SPLIT_WAVES * num_sms(DEV):
-        saved, mod.ONE_SPLIT_WAVES = mod.ONE_SPLIT_WAVES, 10**9
-        try:
-            r["num_splits_without_one_split_rule"] = mod.choose_num_splits(batch, hkv, length, num_sms(DEV), cfg.block_n)
+        with _setting(mod, "ONE_SPLIT_WAVES", 10**9):
+            r["num_splits_without_one_split_rule"] = mod.choose_num_splits(
+                batch, hkv, length, num_sms(DEV), cfg.block_n, cfg.programs_per_sm, cfg.min_split_tiles)
             for name in ("ours_fp16", "ours_fp16_scores"):
                 r[f"{name}_multisplit_gpu_ms"] = gpu_ms(fns_all[name])
-        finally:
-            mod.ONE_SPLIT_WAVES = saved
     return r
 
 
 # ---------------------------------------------------------------- tuning: configs and split count
-TUNE_CONFIGS = {  # (KV element bytes, head dim): candidate (block_n, num_warps, num_stages)
-    (2, 128): [(64, 4, 3), (64, 4, 2), (32, 4, 3), (64, 8, 3), (128, 8, 3)],
-    (1, 128): [(64, 4, 3), (64, 4, 2), (32, 4, 2), (32, 4, 3), (128, 8, 3)],
-    (2, 64): [(128, 4, 2), (128, 4, 3), (64, 4, 3), (256, 8, 3)],
-    (1, 64): [(128, 4, 3), (128, 4, 2), (64, 4, 3), (256, 8, 3)],
+# Candidates, most promising first (each step stops at the deadline, keeping what it timed).
+# (KV element bytes, head dim): (block_n, num_warps, num_stages, row_sums); the defaults come
+# first. INT8 D128 with the "prmt_kv" conversion (sass for sm_90 from triton 3.6: instructions a
+# loop per warp, per token, registers): (64, 4) 579 / 36 / 128, with row sums 561 / 35 / 136;
+# (128, 4) 942 / 29 / 144; (64, 2) 950 / 30 / 186; "bits" (64, 4) 947 / 59 / 128; fp16 360 / 23 / 96.
+# Dropped after runs 2/3: 3 stages and 8 warps for INT8 D128, fp16 D128 (tuned in run 2, its
+# loop unchanged but for the page shift), 256-token tiles for D64.
+TUNE_CONFIGS = {
+    (1, 128): [(64, 4, 2, False), (64, 4, 2, True), (128, 4, 2, False), (64, 2, 2, False)],
+    (2, 64): [(64, 4, 3, False), (128, 4, 2, False), (64, 4, 2, False)],
+    (2, 128): [(64, 4, 2, False)],
+    (1, 64): [(128, 4, 2, False), (64, 4, 2, False)],
 }
-TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (16, 4096, 32, 8, 128), (1, 32768, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
+TUNE_INT8_MODES = ("bits", "prmt", "prmt_kv")  # "i2f" is the fallback (run 3: 1.6x slower than "bits")
+TUNE_SPLITS = [(16, 4), (8, 4), (4, 4), (32, 4), (16, 2), (8, 2), (32, 2), (32, 1), (16, 1)]  # (programs/SM, min tiles)
+TUNE_SCORE_PROGRAMS = (8, 4, 16)
+TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (64, 16384, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
+SPLIT_SHAPES = {128: [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
+ONE_SPLIT_SHAPES = [(64, 4096, 32, 8, 128), (256, 2048, 32, 8, 128), (64, 16384, 32, 8, 128)]
+TUNE_SHARE = 0.6  # of --budget-s, from the start of the run
 
 
 def tune(kept: dict, deadline: float, int8_only: bool = False) -> dict:
-    """Pick each (dtype, head dim)'s tile config, then PROGRAMS_PER_SM, by the geometric mean of
-    CUDA-graph times over a few shapes; installs them in the module and returns the record."""
-    mod = triton_module("decode_attention", BACKEND)
-    record = {"configs": {}, "programs_per_sm": {}}
+    """Choose, by the geometric mean of CUDA-graph times over a few shapes, and install in the
+    module: the INT8 conversion, each (dtype, head dim)'s tile config and split rule, and where
+    score_out's probabilities are made. Returns the record (every candidate's time)."""
+    mod = decode_config
+    record = {"int8_convert": {}, "configs": {}, "splits": {}, "scores_in_split": {}, "score_programs_per_sm": {}}
 
     def score(name, shapes):
         times = [gpu_ms(decode_fns(s, kept[s])[name]) for s in shapes if s in kept]
         return math.exp(sum(math.log(t) for t in times) / len(times)) if times else math.inf
 
-    for (size, d), candidates in TUNE_CONFIGS.items():
-        if int8_only and size != 1:
-            continue
-        name = "ours_fp16" if size == 2 else "ours_int8"
-        current = tuple(vars(mod.CONFIGS[(size, d)]).values())  # (block_n, num_warps, num_stages)
-        candidates = [current] + [c for c in candidates if c != current]  # the default first
+    def pick(what, candidates, apply, name, shapes):
+        """Time each candidate (the current one first) until the deadline; install the fastest,
+        unless it beats the current one by under 1% (noise)."""
         results = []
         for c in candidates:
             if time.time() > deadline:
                 break
-            mod.CONFIGS[(size, d)] = mod.DecodeConfig(*c)
+            apply(c)
             try:
-                t = score(name, TUNE_SHAPES[d])
+                t = score(name, shapes)
                 if math.isfinite(t):
                     results.append((t, c))
-            except Exception as e:  # a config that does not compile or fit is just not chosen
-                record["configs"][f"{size}B/D{d} {c} error"] = repr(e)[:200]
-        best = min(results)[1] if results else current
-        mod.CONFIGS[(size, d)] = mod.DecodeConfig(*best)
-        record["configs"][f"{size}B/D{d}"] = {"chosen": best, "geomean_ms": {str(c): t for t, c in results}}
-    if int8_only:  # INT8 tile configs only (the fast conversion changes their balance)
+            except Exception as e:  # a candidate that does not compile or fit is just not chosen
+                what[f"{c} error"] = repr(e)[:200]
+        best = min(results)[1] if results else candidates[0]
+        if results and results[0][1] == candidates[0] and min(results)[0] > 0.99 * results[0][0]:
+            best = candidates[0]
+        apply(best)
+        what.update({"chosen": best, "geomean_ms": {str(c): t for t, c in results}})
+
+    def set_config(key, **fields):
+        mod.CONFIGS[key] = dataclasses.replace(mod.CONFIGS[key], **fields)
+
+    def tile_step(size, d):
+        cfg = mod.CONFIGS[(size, d)]
+        current = (cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.row_sums)
+        cands = [current] + [c for c in TUNE_CONFIGS[(size, d)] if c != current]
+        record["configs"][f"{size}B/D{d}"] = rec = {}
+        pick(rec, cands, lambda c: set_config((size, d), block_n=c[0], num_warps=c[1], num_stages=c[2], row_sums=c[3]),
+             "ours_fp16" if size == 2 else "ours_int8", TUNE_SHAPES[d])
+
+    def split_step(size, d):
+        cfg = mod.CONFIGS[(size, d)]
+        current = (cfg.programs_per_sm, cfg.min_split_tiles)
+        record["splits"][f"{size}B/D{d}"] = rec = {}
+        pick(rec, [current] + [c for c in TUNE_SPLITS if c != current],
+             lambda c: set_config((size, d), programs_per_sm=c[0], min_split_tiles=c[1]),
+             "ours_fp16" if size == 2 else "ours_int8", SPLIT_SHAPES[d])
+
+    # 1. INT8 conversion (the modes that passed the GPU check), 2. INT8 D128 tiles, 3. where
+    # score_out's probabilities are made, 4. D64 fp16 tiles and split rule, 5. the split rule of
+    # the small-batch shapes, 6. the rest.
+    modes = [m for m in (mod.INT8_CONVERT,) + TUNE_INT8_MODES if INT8_MODES_OK.get(m)]
+    modes = list(dict.fromkeys(modes))
+    pick(record["int8_convert"], modes or [mod.INT8_CONVERT], lambda m: setattr(mod, "INT8_CONVERT", m),
+         "ours_int8", TUNE_SHAPES[128])
+    tile_step(1, 128)
+    if int8_only:
+        tile_step(1, 64)
         return record
-    shapes = [s for s in SHAPES if s in kept]
-    results = []
-    for pps in (2, 4, 8, 16):
-        if time.time() > deadline:
-            break
-        mod.PROGRAMS_PER_SM = pps
-        t = score("ours_fp16", shapes) * score("ours_int8", shapes)
-        if math.isfinite(t):
-            results.append((t, pps))
-    mod.PROGRAMS_PER_SM = min(results)[1] if results else 4
-    record["programs_per_sm"] = {"chosen": mod.PROGRAMS_PER_SM, "fp16_x_int8_geomean": {p: t for t, p in results}}
+    pick(record["scores_in_split"], [mod.SCORES_IN_SPLIT, not mod.SCORES_IN_SPLIT],
+         lambda v: setattr(mod, "SCORES_IN_SPLIT", v), "ours_fp16_scores", ONE_SPLIT_SHAPES)
+    tile_step(2, 64)
+    split_step(2, 64)
+    split_step(2, 128)
+    split_step(1, 128)
+    tile_step(2, 128)
+    tile_step(1, 64)
+    split_step(1, 64)
+    with _setting(mod, "SCORES_IN_SPLIT", False):  # stage 2's chunks: the split shapes, and one split
+        pick(record["score_programs_per_sm"], [mod.SCORE_PROGRAMS_PER_SM] + [
+            p for p in TUNE_SCORE_PROGRAMS if p != mod.SCORE_PROGRAMS_PER_SM],
+            lambda p: setattr(mod, "SCORE_PROGRAMS_PER_SM", p), "ours_fp16_scores",
+            SPLIT_SHAPES[128][1:] + ONE_SPLIT_SHAPES[:1])
     return record
+
+
+def tuned_defaults_patch(mod, device: str) -> str:
+    """The module-level defaults the run installed, as lines to paste into kernels/decode_config.py."""
+    configs = ", ".join(f"({k[0]}, {k[1]}): DecodeConfig{tuple(vars(v).values())}" for k, v in mod.CONFIGS.items())
+    return "\n".join([f"# kernels/decode_config.py, tuned by bench/kernels.py on {device}:",
+                      f"CONFIGS = {{{configs}}}",
+                      f"INT8_CONVERT = {mod.INT8_CONVERT!r}",
+                      f"SCORES_IN_SPLIT = {mod.SCORES_IN_SPLIT}",
+                      f"SCORE_PROGRAMS_PER_SM = {mod.SCORE_PROGRAMS_PER_SM}"])
 
 
 def host_overhead_us(inp, shape) -> dict:
@@ -444,31 +526,45 @@ def table(result: dict) -> str:
                          f"{x['fp16_vs_sdpa']:5.2f} {gath} {x['int8_vs_fp16']:5.2f} {x['scores_vs_plain']:5.2f} "
                          f"{100 * x['bandwidth_vs_copy']:4.0f}  {failed}")
     for r in result["decode"]:
-        alt = {k: f"{r[k] * 1e3:.1f}" for k in ("ours_int8_gpu_ms", "ours_int8_i2f_gpu_ms", "ours_int8_fast_gpu_ms",
-                                                "ours_fp16_gpu_ms", "ours_fp16_multisplit_gpu_ms",
-                                                "ours_fp16_scores_gpu_ms", "ours_fp16_scores_multisplit_gpu_ms")
-               if r.get(k)}
+        alt = {k[:-7]: f"{r[k] * 1e3:.1f}" for k in (
+            "ours_int8_gpu_ms", "ours_int8_bits_gpu_ms", "ours_fp16_gpu_ms", "ours_fp16_multisplit_gpu_ms",
+            "ours_fp16_scores_gpu_ms", "ours_fp16_scores_stage2_gpu_ms", "ours_fp16_scores_in_split_gpu_ms",
+            "ours_fp16_scores_multisplit_gpu_ms") if r.get(k)}
         lines.append(f"alternatives (GPU us) {tuple(r['shape'].values())} splits {r.get('num_splits')}: {alt}")
     for p in result.get("prefill", []):
         lines.append(f"prefill B{p['B']} new{p['new']} prefix{p['prefix']}: triton {p['triton_ms'] * 1e3:.1f} us, "
                      f"gather+sdpa {p['gather_sdpa_ms'] * 1e3:.1f} us")
     if result.get("tuning"):
         t = result["tuning"]
-        lines.append("tuned: " + ", ".join(f"{k} {v['chosen']}" for k, v in t["configs"].items() if "chosen" in v) +
-                     f", programs/SM {t['programs_per_sm'].get('chosen')}")
+        for key, what in t.items():
+            if not isinstance(what, dict):
+                continue
+            picks = [(f"{key} {k}", v) for k, v in what.items() if isinstance(v, dict) and "geomean_ms" in v]
+            for k, v in picks or ([(key, what)] if "geomean_ms" in what else []):
+                times = ", ".join(f"{c} {ms_ * 1e3:.1f}" for c, ms_ in v["geomean_ms"].items())
+                lines.append(f"tuned {k}: {v['chosen']}  (geomean us: {times})")
+        if t.get("reverted"):
+            lines.append(f"TUNING REVERTED: {t['reverted']}")
     lines.append(f"host us/call: {result.get('host_us')}")
+    modes = {m: all(c["pass"] for c in rows) for m, rows in result.get("correctness_int8_modes", {}).items()}
     checks = result["correctness"] + result.get("correctness_after_tuning", [])
     bad = [c["check"] for c in checks if not c["pass"]]
     lines.append(f"correctness (incl. after tuning): {len(checks) - len(bad)}/{len(checks)} pass" +
-                 (f"; FAILED: {bad}" if bad else "") + f"; fast INT8 conversion: {result.get('fast_int8')}")
+                 (f"; FAILED: {bad}" if bad else "") + f"; INT8 conversions passed: {modes}; "
+                 f"ran {result.get('defaults', {}).get('int8_convert')}")
     return "\n".join(lines)
 
 
 def _smoke_settings() -> None:
     global DEV, BACKEND, SMOKE, SHAPES, TUNE_SHAPES, LARGE_TOKENS, CHECK_LENS, CHECK_PREFILL, PREFILL_SHAPES
+    global SPLIT_SHAPES, ONE_SPLIT_SHAPES, TUNE_CONFIGS, TUNE_SPLITS, TUNE_SCORE_PROGRAMS
     DEV, BACKEND, SMOKE = torch.device("cpu"), "interpret", True
     SHAPES = [(1, 256, 8, 2, 64), (2, 128, 9, 3, 64)]
     TUNE_SHAPES = {128: [], 64: [(2, 128, 9, 3, 64)]}
+    SPLIT_SHAPES = {128: [], 64: [(1, 256, 8, 2, 64)]}
+    ONE_SPLIT_SHAPES = [(2, 128, 9, 3, 64)]
+    TUNE_CONFIGS = {k: v[:2] for k, v in TUNE_CONFIGS.items()}  # the interpreter ignores warps and stages
+    TUNE_SPLITS, TUNE_SCORE_PROGRAMS = TUNE_SPLITS[:2], TUNE_SCORE_PROGRAMS[:2]
     LARGE_TOKENS = 256
     CHECK_LENS = [1, 17, 70, 0]
     CHECK_PREFILL = ([20, 6, 1], [20, 50, 9])
@@ -476,13 +572,13 @@ def _smoke_settings() -> None:
 
 
 def main() -> None:
-    global FAST_INT8_OK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
-    parser.add_argument("--budget-s", type=float, default=400.0, help="optional stages stop after this")
+    parser.add_argument("--budget-s", type=float, default=240.0,
+                        help=f"tuning stops at {TUNE_SHARE:.0%} of this (s since start), Flex at all of it")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, Triton interpreted")
     parser.add_argument("--skip", default="", help="comma-separated optional stages to skip: tune,prefill,flex")
-    parser.add_argument("--tune-int8-only", action="store_true", help="tune only the INT8 tile configs")
+    parser.add_argument("--tune-int8-only", action="store_true", help="tune only the INT8 conversion and tiles")
     args = parser.parse_args()
     if args.smoke:
         _smoke_settings()
@@ -492,7 +588,8 @@ def main() -> None:
     gpu = next((g for g in ("h100", "h200", "a100", "l40s") if g in name.lower()), "cpu" if SMOKE else "gpu")
     path = os.path.join(args.out, f"kernels_{gpu}.json")
     os.makedirs(args.out, exist_ok=True)
-    mod = triton_module("decode_attention", BACKEND)
+    triton_module("decode_attention", BACKEND)  # fails here, not later, if the interpreter cannot run
+    mod = decode_config
     result = {"device": name, "sm_count": num_sms(DEV), "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
               "python": platform.python_version(), "page_size": PAGE, "flex_page_size": FLEX_PAGE,
@@ -505,32 +602,37 @@ def main() -> None:
             json.dump(result, f, indent=1)
         print(f"[{time.time() - start:6.1f} s] {stage} -> {path}", flush=True)
 
-    # INT8 decode both ways: the I2F-free conversion (FAST_INT8) and the I2F path. The fast one
-    # runs only if it passed; the JSON keeps both paths' checks.
-    fast_asked = mod.FAST_INT8
-    mod.FAST_INT8 = False
-    result["correctness_int8_i2f"] = check_correctness(decode_only=True, names=("int8",))
-    mod.FAST_INT8 = True
-    result["correctness_int8_fast"] = check_correctness(decode_only=True, names=("int8",))
-    fast_ok = all(c["pass"] for c in result["correctness_int8_fast"])
-    mod.FAST_INT8 = fast_asked and fast_ok
-    result["correctness"] = check_correctness()
-    result["fast_int8_passed"] = fast_ok
-    FAST_INT8_OK = fast_ok
-    result["fast_int8"] = mod.FAST_INT8
+    # INT8 decode with each conversion (the PTX ones exist only on the GPU): those that pass are
+    # the tuning's candidates; the JSON keeps every mode's checks. Then everything else.
+    asked = mod.INT8_CONVERT
+    result["correctness_int8_modes"] = {}
+    for mode in dict.fromkeys((asked,) + TUNE_INT8_MODES):
+        with _setting(mod, "INT8_CONVERT", mode):  # (the one-split path without score_out: after tuning)
+            rows = check_correctness(decode_only=True, names=("int8",), plain_one_split=False)
+        result["correctness_int8_modes"][mode] = rows
+        INT8_MODES_OK[mode] = all(c["pass"] for c in rows)
+    if not INT8_MODES_OK[asked]:
+        mod.INT8_CONVERT = next((m for m in TUNE_INT8_MODES if INT8_MODES_OK[m]), "i2f")
+    result["correctness"] = check_correctness(names=("fp16", "bf16", "fp8"))
     save("correctness")
     result["copy"] = copy_bandwidth()
     gen = torch.Generator(device=DEV).manual_seed(2)
     kept = {shape: decode_inputs(shape, gen) for shape in SHAPES}
     save("inputs")
     if "tune" not in skip:
-        result["tuning"] = tune(kept, start + 0.45 * args.budget_s, args.tune_int8_only)
+        before = (dict(mod.CONFIGS), mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM)
+        result["tuning"] = tune(kept, start + TUNE_SHARE * args.budget_s, args.tune_int8_only)
         save("tuning")
-        result["correctness_after_tuning"] = check_correctness(
-            decode_only=True, names=("int8",) if args.tune_int8_only else ("fp16", "bf16", "int8", "fp8"))
+        names = ("int8",) if args.tune_int8_only else ("fp16", "bf16", "int8", "fp8")
+        result["correctness_after_tuning"] = check_correctness(decode_only=True, names=names)
+        if not all(c["pass"] for c in result["correctness_after_tuning"]):  # keep what passed before
+            mod.CONFIGS, mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM = before
+            result["tuning"]["reverted"] = "a check failed with the tuned settings; the defaults ran"
         save("correctness after tuning")
     result["defaults"] = {"configs": {f"{k[0]}B/D{k[1]}": vars(v) for k, v in mod.CONFIGS.items()},
-                          "programs_per_sm": mod.PROGRAMS_PER_SM, "fast_int8": mod.FAST_INT8}
+                          "int8_convert": mod.INT8_CONVERT, "scores_in_split": mod.SCORES_IN_SPLIT,
+                          "score_programs_per_sm": mod.SCORE_PROGRAMS_PER_SM,
+                          "patch": tuned_defaults_patch(mod, name)}
     for shape in SHAPES:
         try:
             r = decode_shape(shape, kept[shape])
@@ -560,6 +662,7 @@ def main() -> None:
         save(f"flex {shape}")
     kept.clear()
     print(table(result))
+    print(result["defaults"]["patch"])
 
 
 if __name__ == "__main__":

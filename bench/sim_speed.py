@@ -1,5 +1,6 @@
 """Simulator speed: the whole Azure conv trace (19,366 requests, about an hour) through the
-analytic backend with a llama-3.1-8b shape on the H100 roofline, on this CPU.
+analytic backend with a llama-3.1-8b shape and its H100 cost model (the shipped calibrated
+profile where one exists, else the roofline), on this CPU.
 
     python bench/sim_speed.py [--trace PATH] [--out bench/results/sim_speed_cpu.json]
 
@@ -50,7 +51,7 @@ def main() -> None:
               f"{r['output_tokens_per_s']:9.0f} {r['ttft_ms_p50']:7.1f}/{r['ttft_ms_p99']:<8.1f} "
               f"{r['tpot_ms_p50']:7.2f}/{r['tpot_ms_p99']:<8.2f} {r['evicted_tokens']:9d}")
     write_json(Path(args.out), {"benchmark": "sim_speed", **environment(), "trace": Path(args.trace).name,
-                                "requests": len(requests), "model": "llama-3.1-8b", "gpu_cost_model": "h100 roofline",
+                                "requests": len(requests), "model": "llama-3.1-8b", "gpu_cost_model": sim.backend.cost.source,
                                 "kv_dtype": "fp16", "target_wall_s": 20.0, "results": rows})
 
 

@@ -1,11 +1,12 @@
-"""Step duration from a step's composition: a roofline over the model shape and the GPU.
+"""Step duration from a step's composition: a roofline over the model shape and the GPU, or a
+calibrated profile where one was measured (`engine.calibrated`).
 
-Each part of a step is either bandwidth-bound or compute-bound, and takes the larger of its two
-times: the linear layers (weights read once per step, 2 FLOPs per weight per token), the
-LM head (only for the rows that produce a token), decode attention (every cached K/V byte read
-once, scales included), prefill attention (causal FLOPs over the chunk and its context), the
-cache writes, swap traffic over the host link, plus a fixed per-step and per-layer overhead.
-Calibrated profiles (`kvsim profile`) replace the efficiencies with measurements.
+Roofline: each part of a step is either bandwidth-bound or compute-bound, and takes the larger
+of its two times: the linear layers (weights read once per step, 2 FLOPs per weight per token),
+the LM head (only for the rows that produce a token), decode attention (every cached K/V byte
+read once, scales included), prefill attention (causal FLOPs over the chunk and its context),
+the cache writes, swap traffic over the host link, plus a fixed per-step and per-layer overhead.
+`cost_model_for` picks the calibrated model when a profile of (model, GPU, KV dtype) exists.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from engine.gpus import GPU
 
 @dataclass(frozen=True)
 class StepShape:
-    """What a step costs depends on these aggregates only (so equal shapes cost the same)."""
+    """What a step costs depends on these aggregates only (so equal shapes cost the same).
+
+    The roofline reads the sums; the calibrated model also reads the decode batch size and its
+    longest context (decode attention is bound by the bytes of all sequences or by the longest
+    one, whichever is slower) and each prefill chunk's (cached tokens, new tokens).
+    """
 
     num_tokens: int  # tokens fed (prefill chunks + decode tokens)
     num_logits: int  # rows that produce a token
@@ -27,6 +33,9 @@ class StepShape:
     prefill_context_tokens: int = 0  # sum over chunks of the tokens they read
     swap_bytes: int = 0
     copy_bytes: int = 0
+    num_decode_seqs: int = 0  # decoding sequences (one token each)
+    decode_max_context: int = 0  # the most tokens one decoding sequence reads
+    prefill_chunks: tuple[tuple[int, int], ...] = ()  # (cached tokens before it, new tokens) per chunk
 
 
 def causal_pairs(start: int, num_new: int) -> int:
@@ -39,6 +48,7 @@ class CostModel:
                  weight_bytes_per_param: float = 2.0):
         """kv_bytes_per_token: K + V of one token over all layers, scales included."""
         self.model, self.gpu = model, gpu
+        self.source = f"{gpu.name} roofline (datasheet peaks x measured efficiencies)"
         self.bw = gpu.hbm_bytes_per_s * gpu.bandwidth_efficiency
         self.flops = gpu.matmul_flops_per_s * gpu.matmul_efficiency
         self.kv_bytes_per_token = kv_bytes_per_token
@@ -61,9 +71,23 @@ class CostModel:
         t += self.decode_context_bytes(s.decode_context_tokens) / self.bw
         t += self._roof(s.prefill_attn_pairs * self.attn_flops_per_pair,
                         s.prefill_context_tokens * self.kv_bytes_per_token)
-        t += (s.num_tokens * self.kv_bytes_per_token + 2 * s.copy_bytes) / self.bw
-        t += s.swap_bytes / self.gpu.host_link_bytes_per_s
-        return t
+        t += s.num_tokens * self.kv_bytes_per_token / self.bw
+        return t + self.transfer_time(s)
+
+    def transfer_time(self, s: StepShape) -> float:
+        """Block copies (read + write in HBM) and swap traffic over the host link."""
+        return 2 * s.copy_bytes / self.bw + s.swap_bytes / self.gpu.host_link_bytes_per_s
 
     def decode_context_bytes(self, tokens: int) -> float:
         return tokens * self.kv_bytes_per_token
+
+
+def cost_model_for(model: ModelConfig, gpu: GPU, kv_dtype: str, *, profile=None):
+    """The calibrated cost model of (model, GPU, KV dtype) if a profile has its tables, else the
+    roofline; `.source` says which (and why not calibrated). profile: a profile file to use
+    instead of searching $KVSIM_PROFILES and the shipped ones (engine/profiles/)."""
+    from engine.calibrated import calibrated_or_none  # it builds on this module
+    from kvcache.sizing import kv_bytes_per_token
+
+    roofline = CostModel(model, gpu, kv_bytes_per_token(model, kv_dtype))
+    return calibrated_or_none(model, gpu, kv_dtype, roofline, profile) or roofline

@@ -90,6 +90,7 @@ def _empty_model(config: ModelConfig, device: torch.device, dtype: torch.dtype) 
     with torch.device("meta"), _default_dtype(dtype):
         model = LlamaModel(config)
     model = model.to_empty(device=device)
+    model.fuse()  # to_empty gave every parameter its own storage
     if config.tie_word_embeddings:  # to_empty gives each parameter its own storage: tie again
         model.lm_head.weight = model.embed_tokens.weight
     return model

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels import fused
 from kernels.scores_ref import paged_prefill_scores_ref
 from engine.config import ModelConfig
 from engine.rope import RotaryEmbedding
@@ -42,6 +43,7 @@ class AttentionMetadata:
     is_decode: bool
     score_out: list[torch.Tensor] | None = None
     score_windows: torch.Tensor | None = None
+    max_query_len: int | None = None  # host int: the most new tokens of any sequence (trims the prefill grid)
 
 
 class RMSNorm(nn.Module):
@@ -50,10 +52,33 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)  # as Hugging Face's LlamaRMSNorm
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """Hugging Face's LlamaRMSNorm of x; with a residual, of h = x + residual, -> (normed, h)."""
+        return fused.rms_norm(x, self.weight, self.eps, residual)
+
+
+def fused_weight(linears: list[nn.Linear]) -> torch.Tensor:
+    """One [sum of out_features, in_features] weight for layers that read the same input, so they
+    run as one GEMM. After `fuse_linears` it is a view of their shared storage (no copy); if a
+    later `.to()` split them again, a concatenation (correct, only slower)."""
+    ws = [m.weight for m in linears]
+    first, rows = ws[0], sum(w.shape[0] for w in ws)
+    offset, adjacent = first.storage_offset(), True
+    for w in ws:
+        adjacent &= (w.is_contiguous() and w.storage_offset() == offset
+                     and w.untyped_storage().data_ptr() == first.untyped_storage().data_ptr())
+        offset += w.numel()
+    if adjacent:
+        return first.as_strided((rows, first.shape[1]), (first.shape[1], 1), first.storage_offset())
+    return torch.cat(ws)
+
+
+@torch.no_grad()
+def fuse_linears(linears: list[nn.Linear]) -> None:
+    """Give the layers' weights one storage, in order (their values and parameter names stay)."""
+    fused = torch.cat([m.weight for m in linears])
+    for m, part in zip(linears, fused.split([m.weight.shape[0] for m in linears])):
+        m.weight = nn.Parameter(part, requires_grad=False)
 
 
 class Attention(nn.Module):
@@ -69,10 +94,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, meta: AttentionMetadata, rope: RotaryEmbedding, kv_store) -> torch.Tensor:
-        t = x.shape[0]
-        q = rope(self.q_proj(x).view(t, self.num_heads, self.head_dim), meta.positions)  # [T, Hq, D]
-        k = rope(self.k_proj(x).view(t, self.num_kv_heads, self.head_dim), meta.positions)  # [T, Hkv, D]
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        t, hq, hkv, d = x.shape[0], self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(x, fused_weight([self.q_proj, self.k_proj, self.v_proj]))  # [T, (Hq + 2 Hkv) * D]
+        q, k, v = (y.view(t, -1, d) for y in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+        fused.rotary_(q, k, rope.cos, rope.sin, meta.positions)  # q [T, Hq, D], k [T, Hkv, D] in place
         # Keys are stored after RoPE at their original positions: slot order never matters.
         kv_store.write(self.layer_idx, k, v, meta.slot_mapping)
         k_cache, v_cache, kv_scales = kv_store.layer(self.layer_idx)
@@ -82,7 +107,8 @@ class Attention(nn.Module):
                                                self.scale, kv_scales=kv_scales, score_out=score)
         else:
             o = kernels.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
-                                                meta.seq_lens, self.scale, kv_scales=kv_scales)
+                                                meta.seq_lens, self.scale, kv_scales=kv_scales,
+                                                max_query_len=meta.max_query_len)
             if meta.score_out is not None:
                 paged_prefill_scores_ref(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
                                          self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales)
@@ -97,7 +123,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(fused.silu_mul(F.linear(x, fused_weight([self.gate_proj, self.up_proj]))))
 
 
 class DecoderLayer(nn.Module):
@@ -108,9 +134,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, meta, rope, kv_store):
-        x = x + self.self_attn(self.input_layernorm(x), meta, rope, kv_store)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, meta, rope, kv_store):
+        """-> (this layer's MLP output, the residual stream before it); the next norm adds them
+        (one fused kernel instead of an add and a norm)."""
+        if residual is None:
+            residual, normed = x, self.input_layernorm(x)
+        else:
+            normed, residual = self.input_layernorm(x, residual)
+        attn = self.self_attn(normed, meta, rope, kv_store)
+        normed, residual = self.post_attention_layernorm(attn, residual)
+        return self.mlp(normed), residual
 
 
 class LlamaModel(nn.Module):
@@ -127,6 +160,15 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.max_positions = max_positions or config.max_position_embeddings
         self._rope: RotaryEmbedding | None = None
+        self.fuse()
+
+    def fuse(self) -> None:
+        """Q/K/V and gate/up weights in one storage each (one GEMM each per layer). Call again after
+        anything that gives parameters new storage (`to_empty`, `.to()`)."""
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            fuse_linears([a.q_proj, a.k_proj, a.v_proj])
+            fuse_linears([m.gate_proj, m.up_proj])
 
     def rope(self) -> RotaryEmbedding:
         device = self.embed_tokens.weight.device
@@ -139,9 +181,9 @@ class LlamaModel(nn.Module):
                 logits_indices: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T] -> logits [len(logits_indices) or T, vocab] in float32."""
         rope = self.rope()
-        x = self.embed_tokens(input_ids)  # [T, hidden]
+        x, residual = self.embed_tokens(input_ids), None  # [T, hidden]
         for layer in self.layers:
-            x = layer(x, meta, rope, kv_store)
+            x, residual = layer(x, residual, meta, rope, kv_store)
         if logits_indices is not None:
-            x = x[logits_indices]
-        return self.lm_head(self.norm(x)).float()
+            x, residual = x[logits_indices], residual[logits_indices]
+        return self.lm_head(self.norm(x, residual)[0]).float()

@@ -2,16 +2,28 @@
 
 The caller (an engine loop or the simulator's compute backend) decides which sequences run,
 which tokens they feed and where in the paged cache those tokens go; the runner only builds
-the step metadata once and executes.
+the step metadata once (one host-to-device copy) and executes.
+
+On CUDA, decode steps (one new token per sequence) replay CUDA graphs: one graph per
+(batch bucket, block-table width bucket, with or without attention scores), captured on first
+use into one shared memory pool, reading persistent input buffers that each step overwrites in
+place. A batch is padded up to its bucket with rows that write nothing (slot -1) and read
+nothing (length 0). Prefill and mixed steps run eagerly (their shapes vary every step).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from engine.model import AttentionMetadata, LlamaModel
+
+# Batch buckets as vLLM's: small powers of two, then steps of 16 (padding costs at most 15 rows)
+BATCH_BUCKETS = [1, 2, 4, 8] + list(range(16, 513, 16))
+MIN_WIDTH_BLOCKS = 16  # block-table width buckets: powers of two from this many blocks
 
 
 @dataclass
@@ -32,42 +44,156 @@ class StepInput:
     seq_len: int
 
 
+def _bucket(n: int, buckets: list[int]) -> int | None:
+    return next((b for b in buckets if b >= n), None)
+
+
+def _width_bucket(blocks: int) -> int:
+    return max(MIN_WIDTH_BLOCKS, 1 << (max(blocks, 1) - 1).bit_length())
+
+
+def _pack(batch: list[StepInput], rows: int, width: int) -> np.ndarray:
+    """Every integer a step needs in one int64 array (one host-to-device copy):
+    [input_ids T | positions T | slot_mapping T | seq_lens rows | cu_seqlens rows+1 | logits rows |
+     block_tables rows*width]. Rows past len(batch) are padding: length 0, no tokens, table 0."""
+    lens = np.fromiter((len(s.token_ids) for s in batch), np.int64, len(batch))
+    t = int(lens.sum()) + (rows - len(batch))  # a padding row feeds one token that writes nowhere
+    out = np.zeros(3 * t + 3 * rows + 1 + rows * width, np.int64)
+    ids, pos, slots = out[:t], out[t:2 * t], out[2 * t:3 * t]
+    seq_lens, cu = out[3 * t:3 * t + rows], out[3 * t + rows:3 * t + 2 * rows + 1]
+    last = out[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1]
+    tables = out[3 * t + 3 * rows + 1:].reshape(rows, width)
+    i = 0
+    for b, s in enumerate(batch):
+        n = len(s.token_ids)
+        ids[i:i + n] = s.token_ids
+        pos[i:i + n] = np.arange(s.start_position, s.start_position + n)
+        slots[i:i + n] = s.slots
+        seq_lens[b] = s.seq_len
+        tables[b, :len(s.block_table)] = s.block_table
+        i += n
+    slots[i:] = -1
+    cu[1:len(batch) + 1] = np.cumsum(lens)
+    cu[len(batch) + 1:] = cu[len(batch)] + np.arange(1, rows - len(batch) + 1)
+    last[:] = cu[1:] - 1
+    return out
+
+
 class ModelRunner:
-    def __init__(self, model: LlamaModel, kv_store, device: torch.device | str | None = None):
+    def __init__(self, model: LlamaModel, kv_store, device: torch.device | str | None = None,
+                 use_cuda_graphs: bool | None = None, max_graph_batch: int = BATCH_BUCKETS[-1]):
         self.model, self.kv_store = model, kv_store
         self.device = torch.device(device) if device is not None else model.embed_tokens.weight.device
+        if use_cuda_graphs is None:  # KVSIM_CUDA_GRAPHS=0 runs every step eagerly (vLLM's enforce_eager)
+            use_cuda_graphs = self.device.type == "cuda" and os.environ.get("KVSIM_CUDA_GRAPHS", "1") != "0"
+        self.use_cuda_graphs = use_cuda_graphs
+        self.graph_buckets = [b for b in BATCH_BUCKETS if b <= max_graph_batch]
+        self._graphs: dict[tuple[int, int, bool], _DecodeGraph] = {}
+        self._pool = None
+        self._inputs: torch.Tensor | None = None  # the packed inputs every graph reads, sized once
+        # the widest table a graph takes: the store's blocks, or as many as the model has positions
+        self.max_graph_width = _width_bucket(min(kv_store.num_blocks, -(-model.max_positions // kv_store.block_size)))
 
+    # ---- eager ---------------------------------------------------------------------------------------
     def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
-                score_windows: list[int] | None = None):
+                score_windows: list[int] | None = None, rows: int | None = None, width: int | None = None):
         """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device."""
-        lens = [len(s.token_ids) for s in batch]
-        assert all(n > 0 for n in lens), "every sequence in a step feeds at least one token"
-        assert all(len(s.slots) == n for s, n in zip(batch, lens)), "one slot per new token"
-        max_blocks = max(len(s.block_table) for s in batch)
-        tables = [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in batch]
-        cu = [0]
-        for n in lens:
-            cu.append(cu[-1] + n)
-
-        def tensor(values, dtype=torch.int64):
-            return torch.tensor(values, dtype=dtype, device=self.device)
-
+        self._check(batch)
+        rows = rows or len(batch)
+        width = width or max(len(s.block_table) for s in batch)
+        packed = torch.from_numpy(_pack(batch, rows, width)).to(self.device, non_blocking=True)
+        t = (len(packed) - 3 * rows - 1 - rows * width) // 3
+        ids, pos, slots = packed[:t], packed[t:2 * t], packed[2 * t:3 * t]
+        seq_lens = packed[3 * t:3 * t + rows].to(torch.int32)
+        cu = packed[3 * t + rows:3 * t + 2 * rows + 1].to(torch.int32)
+        last = packed[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1]
+        tables = packed[3 * t + 3 * rows + 1:].view(rows, width).to(torch.int32)
         meta = AttentionMetadata(
-            positions=tensor([p for s in batch for p in range(s.start_position, s.start_position + len(s.token_ids))]),
-            slot_mapping=tensor([x for s in batch for x in s.slots]),
-            block_tables=tensor(tables, torch.int32),
-            seq_lens=tensor([s.seq_len for s in batch], torch.int32),
-            cu_seqlens_q=tensor(cu, torch.int32),
-            is_decode=all(n == 1 for n in lens),
-            score_out=score_out,
-            score_windows=tensor(score_windows) if score_windows is not None else None,
+            positions=pos, slot_mapping=slots, block_tables=tables, seq_lens=seq_lens, cu_seqlens_q=cu,
+            is_decode=t == rows, score_out=score_out, max_query_len=max(len(s.token_ids) for s in batch),
+            score_windows=torch.tensor(score_windows, device=self.device) if score_windows is not None else None,
         )
-        input_ids = tensor([t for s in batch for t in s.token_ids])
-        return input_ids, meta, tensor([c - 1 for c in cu[1:]])
+        return ids, meta, last
+
+    @staticmethod
+    def _check(batch: list[StepInput]) -> None:
+        assert batch, "a step runs at least one sequence"
+        for s in batch:
+            assert len(s.token_ids) > 0, "every sequence in a step feeds at least one token"
+            assert len(s.slots) == len(s.token_ids), "one slot per new token"
 
     def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
             score_windows: list[int] | None = None) -> torch.Tensor:
         """Logits [B, vocab] (float32) of each sequence's last new token. With score_out, the
         attention each slot receives is added to it (see AttentionMetadata)."""
+        if self._graphable(batch, score_windows):
+            return self._run_graph(batch, score_out)
         input_ids, meta, last = self.prepare(batch, score_out, score_windows)
         return self.model(input_ids, meta, self.kv_store, logits_indices=last)
+
+    # ---- CUDA graphs ---------------------------------------------------------------------------------
+    def _graphable(self, batch, score_windows) -> bool:
+        return (self.use_cuda_graphs and len(batch) <= self.graph_buckets[-1]
+                and all(len(s.token_ids) == 1 for s in batch) and not any(score_windows or ())
+                and max(len(s.block_table) for s in batch) <= self.max_graph_width)
+
+    def _run_graph(self, batch: list[StepInput], score_out) -> torch.Tensor:
+        rows = _bucket(len(batch), self.graph_buckets)
+        width = _width_bucket(max(len(s.block_table) for s in batch))
+        key = (rows, width, score_out is not None)
+        graph = self._graphs.get(key) or self._capture(*key)
+        packed = torch.from_numpy(_pack(batch, rows, width))
+        graph.inputs.copy_(packed, non_blocking=True)
+        graph.graph.replay()
+        if score_out is not None:
+            for dst, src in zip(score_out, graph.scores):
+                n = dst.shape[2]
+                dst.add_(src[:len(batch), :, :n])
+        return graph.logits[:len(batch)].clone()  # the next replay overwrites graph.logits
+
+    def _capture(self, rows: int, width: int, scores: bool) -> "_DecodeGraph":
+        if self._inputs is None:  # sized for the largest graph, once: captured graphs keep reading it
+            most = self.graph_buckets[-1]
+            self._inputs = torch.zeros(6 * most + 1 + most * self.max_graph_width, dtype=torch.int64,
+                                       device=self.device)
+        inputs = self._inputs[:6 * rows + 1 + rows * width]
+        inputs.copy_(torch.from_numpy(_pack([], rows, width)))  # padding only: writes nowhere
+        t = rows
+        tables = inputs[6 * rows + 1:].view(rows, width)
+        cfg = self.model.config
+        score_bufs = ([torch.zeros(rows, cfg.num_kv_heads, width * self.kv_store.block_size, device=self.device)
+                       for _ in range(cfg.num_layers)] if scores else None)
+        # int32 copies of the table and lengths are made inside the graph, from the int64 inputs
+        def step():
+            meta = AttentionMetadata(
+                positions=inputs[t:2 * t], slot_mapping=inputs[2 * t:3 * t],
+                block_tables=tables.to(torch.int32), seq_lens=inputs[3 * t:3 * t + rows].to(torch.int32),
+                cu_seqlens_q=inputs[3 * t + rows:3 * t + 2 * rows + 1].to(torch.int32), is_decode=True,
+                score_out=score_bufs)
+            if score_bufs is not None:
+                for s in score_bufs:
+                    s.zero_()
+            return self.model(inputs[:t], meta, self.kv_store)
+
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):  # warm up (Triton compiles, lazy tables) off the graph
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            logits = step()
+        captured = _DecodeGraph(graph, inputs, logits, score_bufs)
+        self._graphs[(rows, width, scores)] = captured
+        return captured
+
+
+@dataclass
+class _DecodeGraph:
+    graph: "torch.cuda.CUDAGraph"
+    inputs: torch.Tensor  # the packed int64 inputs the graph reads (a view of the shared buffer)
+    logits: torch.Tensor  # [rows, vocab] float32, rewritten by every replay
+    scores: list[torch.Tensor] | None  # per layer [rows, Hkv, width * block_size], zeroed by every replay

@@ -15,15 +15,22 @@ from collections.abc import Sequence
 
 import torch
 
+from kernels import decode_config
 from kernels import reference as ref
-from kernels._dispatch import backend_for, num_sms, prefer_interpreter_on_cpu_only_hosts, triton_module
+from kernels._dispatch import (
+    backend_for,
+    interpret_requested,
+    num_sms,
+    prefer_interpreter_on_cpu_only_hosts,
+    triton_module,
+)
 
 prefer_interpreter_on_cpu_only_hosts()
 
 KVScales = tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["paged_decode_attention", "paged_prefill_attention", "write_kv", "copy_blocks", "move_slots",
-           "swap_blocks", "PREFILL_IMPL"]
+__all__ = ["paged_decode_attention", "decode_num_splits", "paged_prefill_attention", "write_kv", "copy_blocks",
+           "move_slots", "swap_blocks", "PREFILL_IMPL"]
 
 # What paged_prefill_attention runs on CUDA: "triton" (kernels/prefill_attention.py) or "sdpa"
 # (gather each sequence's pages, then torch SDPA). bench/kernels.py times both; on the H100 the
@@ -72,6 +79,18 @@ def paged_decode_attention(
     return triton_module("decode_attention", backend).paged_decode_attention(
         q, k_cache, v_cache, _int32(block_tables), _int32(seq_lens), scale, kv_scales, score_out,
         out=out, num_splits=num_splits, max_seq_len=max_seq_len, num_sms=num_sms(q.device))
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, context_tokens: int, head_dim: int, kv_dtype: torch.dtype,
+                      device: torch.device | str, *, interpret: bool | None = None) -> int:
+    """The split-K count paged_decode_attention picks by itself (context_tokens: the longest
+    sequence, or the block table's width * page size). Host ints only: a caller capturing CUDA
+    graphs computes it per batch size and table width and passes it as num_splits. 1 where the
+    torch reference runs (it has no splits)."""
+    device = torch.device(device)
+    if device.type != "cuda" and not interpret_requested(interpret):
+        return 1
+    return decode_config.decode_num_splits(batch, num_kv_heads, context_tokens, head_dim, kv_dtype, num_sms(device))
 
 
 def paged_prefill_attention(

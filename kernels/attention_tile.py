@@ -5,7 +5,8 @@ block table, so any page size works and a tile may span several pages. Logits ar
 (scale_log2 = softmax scale * log2(e)) so the softmax uses exp2.
 
 INT8 / FP8 caches: K's per-slot scale multiplies the logits after the dot product (exact); V's
-per-slot scale goes into the probabilities, relative to the tile's largest scale (see below).
+per-slot scale goes into the exponent of the probabilities (see attend_tile), so no tile of real
+values is ever materialized and the stored codes convert to fp16 exactly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,22 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+# INT8 -> fp16 conversions (the I8_CONVERT constexpr of attend_tile).
+I8_I2F = 0    # .to(fp16): I2F, a quarter-rate instruction per value
+I8_BITS = 1   # integer ops in Triton on int32 words (load_i8_as_f16)
+I8_PRMT = 2   # PTX prmt, 5 instructions per 4 values: K converted in the dot's layout, V in the load's
+I8_PRMT_KV = 3  # PTX prmt, K and V both converted in the load's layout (see i8_to_f16_prmt)
+I8_MODES = {"i2f": I8_I2F, "bits": I8_BITS, "prmt": I8_PRMT, "prmt_kv": I8_PRMT_KV}
+
+# x ^ 0x80 is the byte x + 128; prmt puts 0x64 above two bytes at once (the fp16 1024 + byte in
+# each half; selectors 0x5140 and 0x5342 take bytes 0, 1 and 2, 3 in order) and one packed
+# subtraction of 1152 (0x6480) leaves x exactly. tests/kernels checks these selectors against
+# PTX's prmt rule; the GPU check in bench/kernels.py checks the compiled code.
+_PRMT_BODY = ("xor.b32 t, {x}, 0x80808080; mov.b32 c, 0x64806480;"
+              " prmt.b32 {lo}, t, 0x64646464, 0x5140; prmt.b32 {hi}, t, 0x64646464, 0x5342;"
+              " sub.f16x2 {lo}, {lo}, c; sub.f16x2 {hi}, {hi}, c;")
+PRMT_PACKED_ASM = tl.constexpr("{ .reg .b32 t, c; " + _PRMT_BODY.format(x="$2", lo="$0", hi="$1") + " }")
 
 
 @triton.jit
@@ -23,18 +40,19 @@ def dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def load_i8_as_f16(ptr, row_off, row_mask, D: tl.constexpr):
-    """Rows [N] of D int8 values at ptr + row_off (in bytes) as fp16 [N, D], without I2F.
+def load_i8_as_f16(words_ptr, row_off, row_mask, D: tl.constexpr):
+    """Rows [N] of D int8 values as fp16 [N, D], without I2F; words_ptr points at the cache viewed
+    as int32 (row_off [N] in words), byte j of word w being column 4w + j.
 
     I2F runs at a quarter of the ALU rate and made the INT8 kernel compute-bound. Instead, for
     each byte x of an int32 word, (x ^ 0x80) | 0x6400 is the fp16 1024 + x + 128, and
     subtracting 1152 leaves x exactly. Converting right after the load, in the load's layout,
     also lets the V tile (whose reduction dim, the tokens, is strided) be transposed as fp16 by
-    ldmatrix; an int8 tile would be read back from shared memory one byte per instruction.
+    ldmatrix; an int8 tile would be read back from shared memory one byte per instruction. (The
+    int32 view, not a pointer cast here, lets the compiler see whole words: fewer address ops.)
     """
     w = tl.arange(0, D // 4)
-    words = tl.load(ptr.to(tl.pointer_type(tl.int32)) + (row_off // 4)[:, None] + w[None, :],
-                    mask=row_mask[:, None], other=0)  # [N, D/4], byte j of a word is column 4w + j
+    words = tl.load(words_ptr + row_off[:, None] + w[None, :], mask=row_mask[:, None], other=0)  # [N, D/4]
     u = words ^ -2139062144  # 0x80808080
     b0 = (((u & 0xFF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1152.0)
     b1 = ((((u >> 8) & 0xFF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True) - 1152.0)
@@ -45,6 +63,32 @@ def load_i8_as_f16(ptr, row_off, row_mask, D: tl.constexpr):
 
 
 @triton.jit
+def i8_to_f16_prmt(x, HOIST: tl.constexpr):
+    """int8 [...] -> fp16 [...], the same values, 4 at a time (PTX; GPU only).
+
+    HOIST lets the compiler move the tile's conversion to the dot's layout before this (int8
+    moves half the bytes of fp16): right for K, read along its contiguous head dim, wrong for V,
+    whose tokens (the reduction dim) are strided: an int8 tile then leaves shared memory one
+    byte per instruction. Marking the asm impure keeps it where it is, in the load's layout.
+    """
+    return tl.inline_asm_elementwise(PRMT_PACKED_ASM, "=r,=r,r", [x], dtype=tl.float16, is_pure=HOIST, pack=4)
+
+
+@triton.jit
+def _load_kv(ptr, off, t_mask, d, d_mask, I8_CONVERT: tl.constexpr, HOIST: tl.constexpr):
+    """One K or V tile [N, D] at row offsets off [N] (elements of ptr): as stored, or INT8 as fp16
+    (ptr is the cache viewed as int32 for the "bits" conversion; see words_view)."""
+    mask = t_mask[:, None] & d_mask[None, :]
+    if I8_CONVERT >= 2:
+        x = i8_to_f16_prmt(tl.load(ptr + off[:, None] + d[None, :], mask=mask, other=0), HOIST and I8_CONVERT == 2)
+    elif I8_CONVERT == 1:
+        x = load_i8_as_f16(ptr, off, t_mask, d.shape[0])  # D == HEAD_DIM
+    else:
+        x = tl.load(ptr + off[:, None] + d[None, :], mask=mask, other=0.0)
+    return x
+
+
+@triton.jit
 def attend_tile(
     q, m, l, acc, allowed,
     t, t_mask, d, d_mask, block_table_row, kvh,
@@ -52,49 +96,60 @@ def attend_tile(
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
     scale_log2,
     PAGE_SIZE: tl.constexpr, QUANTIZED: tl.constexpr, Q_DTYPE: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr, OFFSET_64: tl.constexpr, FAST_I8: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr, OFFSET_64: tl.constexpr, I8_CONVERT: tl.constexpr,
+    ROW_SUMS: tl.constexpr = False,
 ):
-    """q [M, D] (DOT_DTYPE); m, l [M], acc [M, D] fp32; allowed [M, N] bool; t, t_mask [N].
+    """q [M, D] (DOT_DTYPE); m [M], acc [M, D] fp32; allowed [M, N] bool; t, t_mask [N].
 
+    l is the softmax denominator: [M], or with ROW_SUMS its partial sums [M, N] (the caller sums
+    them once at the end: a sum over the tile's slots each step is a reduction across warps).
     Returns the updated (m, l, acc) and the tile's logits [M, N] fp32 in base 2 (softmax scale *
     log2(e) * q.k, -inf where not allowed): exp2(logit - final LSE) is a slot's probability.
-    Every row must have an allowed slot in the first tile it sees, so m is finite from then on.
+    m is a running max from which 2^(m + log2 l) is the sum of exp2(logit): the logits' max, or
+    for a quantized cache the max of logit + e (V scale = 2^e * f, below). Every row must have an
+    allowed slot in the first tile it sees, so m is finite from then on.
     """
-    page = tl.load(block_table_row + t // PAGE_SIZE, mask=t_mask, other=0)
+    tu = t.to(tl.uint32)  # unsigned: division by a power-of-two page is a shift
+    page = tl.load(block_table_row + (tu // PAGE_SIZE).to(tl.int32), mask=t_mask, other=0)
     if OFFSET_64:  # 32-bit offsets save registers; only caches of 2**31 elements need 64
         page = page.to(tl.int64)
-    in_page = t % PAGE_SIZE
-    kv_mask = t_mask[:, None] & d_mask[None, :]
+    in_page = (tu % PAGE_SIZE).to(tl.int32)
     k_off = page * stride_kb + in_page * stride_kt + kvh * stride_kh
-    if FAST_I8:
-        k = load_i8_as_f16(k_ptr, k_off, t_mask, d.shape[0])  # [N, D] fp16, D == HEAD_DIM
-    else:
-        k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [N, D]
+    k = _load_kv(k_ptr, k_off, t_mask, d, d_mask, I8_CONVERT, True)  # [N, D], k_ptr as words_view gives it
     qk = dot(q, tl.trans(k.to(DOT_DTYPE)), IEEE)  # [M, N] fp32
     if QUANTIZED:
         s_off = page * stride_sb + in_page * stride_st + kvh * stride_sh
-        qk = qk * tl.load(k_scale_ptr + s_off, mask=t_mask, other=0.0).to(tl.float32)[None, :]
-    qk = tl.where(allowed, qk * scale_log2, float("-inf"))
-    m_new = tl.maximum(m, tl.max(qk, 1))
+        k_s = tl.load(k_scale_ptr + s_off, mask=t_mask, other=0.0).to(tl.float32) * scale_log2
+        qk = tl.where(allowed, qk * k_s[None, :], float("-inf"))
+        # sum_n p[n] * v_s[n] * v[n]: V's scale 2^e * f (f in [1, 2)) splits in two. 2^e rides in
+        # the exponent, relative to the running max of logit + e, and f multiplies the
+        # probability, so the factor that meets the stored V is in [0, 2) (it rounds to Q_DTYPE
+        # like p): no reduction for a tile scale, no [N, D] multiply, V's codes convert exactly.
+        # e and f come from the fp32 bits (exact; a zero scale, an all-zero row, counts as 2^-24).
+        v_s = tl.maximum(tl.load(v_scale_ptr + s_off, mask=t_mask, other=1.0).to(tl.float32), 5.960464477539063e-08)
+        bits = v_s.to(tl.int32, bitcast=True)
+        e = (bits >> 23) - 127
+        f = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+        inv_2e = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2^-e
+        w = qk + e.to(tl.float32)[None, :]
+    else:
+        qk = tl.where(allowed, qk * scale_log2, float("-inf"))
+        w = qk
+    m_new = tl.maximum(m, tl.max(w, 1))
     alpha = tl.exp2(m - m_new)
-    p = tl.exp2(qk - m_new[:, None])
-    l = l * alpha + tl.sum(p, 1)
-    v_off = page * stride_vb + in_page * stride_vt + kvh * stride_vh
-    if FAST_I8:
-        v = load_i8_as_f16(v_ptr, v_off, t_mask, d.shape[0])  # [N, D] fp16, D == HEAD_DIM
-    else:
-        v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [N, D]
+    p = tl.exp2(w - m_new[:, None])  # [M, N]: p * 2^e for a quantized cache
     if QUANTIZED:
-        # sum_n p[n] * v_s[n] * v[n] = v_max * sum_n (p[n] * v_s[n] / v_max) * v[n]: the factor
-        # stays in [0, 1] like p (so it rounds to Q_DTYPE no worse than p), the stored V
-        # converts exactly, and no [N, D] tile of real values is materialized.
-        v_s = tl.load(v_scale_ptr + s_off, mask=t_mask, other=0.0).to(tl.float32)
-        v_max = tl.max(v_s, 0)
-        v_max = tl.where(v_max > 0, v_max, 1.0)
-        pv = dot((p * (v_s / v_max)[None, :]).to(Q_DTYPE).to(DOT_DTYPE), v.to(DOT_DTYPE), IEEE)
-        pv = pv * v_max
+        p_plain = p * inv_2e[None, :]
+        p = p * f[None, :]
     else:
-        pv = dot(p.to(Q_DTYPE).to(DOT_DTYPE), v.to(DOT_DTYPE), IEEE)
+        p_plain = p
+    if ROW_SUMS:
+        l = l * alpha[:, None] + p_plain
+    else:
+        l = l * alpha + tl.sum(p_plain, 1)
+    v_off = page * stride_vb + in_page * stride_vt + kvh * stride_vh
+    v = _load_kv(v_ptr, v_off, t_mask, d, d_mask, I8_CONVERT, False)  # [N, D], v_ptr as words_view gives it
+    pv = dot(p.to(Q_DTYPE).to(DOT_DTYPE), v.to(DOT_DTYPE), IEEE)
     acc = acc * alpha[:, None] + pv
     return m_new, l, acc, qk
 
@@ -112,6 +167,27 @@ def dot_dtype(q_dtype, interpreted: bool):
 
 def q_tl_dtype(q_dtype):
     return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}[q_dtype]
+
+
+def i8_convert_mode(name: str, k_cache: torch.Tensor, v_cache: torch.Tensor, q: torch.Tensor, head_dim_pad: int,
+                    interpreted: bool) -> int:
+    """I8_CONVERT for attend_tile: `name` (a key of I8_MODES) where it applies, else I2F.
+
+    The integer paths need fp16 queries and a power-of-two head dim (whole int32 words a row,
+    caches that view as int32); the interpreter runs no PTX, so it runs the PRMT modes'
+    arithmetic as integer ops ("bits").
+    """
+    if k_cache.dtype != torch.int8 or q.dtype != torch.float16 or k_cache.shape[3] != head_dim_pad:
+        return I8_I2F
+    mode = I8_BITS if interpreted and I8_MODES[name] >= I8_PRMT else I8_MODES[name]
+    words_ok = all(c.storage_offset() % 4 == 0 and all(st % 4 == 0 for st in c.stride()[:3]) for c in (k_cache, v_cache))
+    return I8_I2F if mode == I8_BITS and not words_ok else mode
+
+
+def words_view(cache: torch.Tensor, i8_convert: int) -> torch.Tensor:
+    """The cache as attend_tile reads it: for the "bits" conversion, int32 words
+    [num_blocks, page, Hkv, D / 4]; otherwise as it is."""
+    return cache.view(torch.int32) if i8_convert == I8_BITS else cache
 
 
 def cache_strides(k_cache, v_cache, kv_scales) -> tuple:

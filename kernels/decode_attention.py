@@ -1,45 +1,53 @@
 """Paged decode attention in Triton: one new query token per sequence against its paged KV cache.
 
-Flash-decoding in two launches:
+Flash-decoding in one or two launches:
   stage 1, grid (B, Hkv, num_splits): each program takes one GQA group (all Hq / Hkv query heads
     that read one KV head) and one slice of the context, walks the slice in tiles of BLOCK_N
     tokens through the block table, and keeps an online softmax in fp32. It writes its partial
     output and log-sum-exp (base 2) to a workspace; with a single split it writes the output.
-  stage 2, grid (B, Hkv, Z): program z < GROUP combines the splits of query head
-    kvh * GROUP + z (all splits loaded at once, not one after another); with score_out, program
-    z also turns chunk z of the saved logits into probabilities with the head's final LSE and
-    adds their group sum.
+  stage 2, grid (B, Hkv, Z), only with splits or score_out left to it: program z < GROUP
+    combines the splits of query head kvh * GROUP + z (all splits loaded at once, not one after
+    another); with score_out, program z < the score chunks (choose_score_chunks, sized to fill
+    the GPU whatever the split count) turns its chunk of the saved logits into probabilities
+    with the heads' final LSEs and adds their group sum.
 For score_out, stage 1 saves each logit (fp32, base 2): 4 bytes per query head and token against
 the 4 * head_dim bytes of K and V the kernel reads anyway, so the scores never re-read K. (An fp16
 probability relative to each tile's max halved those bytes but measured slower: stage 2's
-per-token gather of the tile max cost more than it saved; PERF_NOTES.md.)
+per-token gather of the tile max cost more than it saved; PERF_NOTES.md.) With one split
+(SCORES_IN_SPLIT), stage 1 knows its final LSE after its loop and makes the scores itself.
 
-INT8 / FP8 caches are dequantized in the kernel (kernels/attention_tile.py).
+INT8 / FP8 caches are dequantized in the kernel (kernels/attention_tile.py). What runs (tiles,
+split rule, INT8 conversion, where the scores are made) is kernels/decode_config.py.
 
 Imported lazily through kernels._dispatch.triton_module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from kernels import decode_config as dc
 from kernels._dispatch import triton_interprets
-from kernels.attention_tile import attend_tile, cache_strides, dot_dtype, q_tl_dtype
+from kernels.attention_tile import (
+    attend_tile,
+    cache_strides,
+    dot_dtype,
+    i8_convert_mode,
+    q_tl_dtype,
+    words_view,
+)
 
 INTERPRETED = triton_interprets()
 LOG2E = 1.4426950408889634
-MAX_SPLITS = 128
 
 
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, seq_lens_ptr,
-    out_ptr, part_out_ptr, part_lse_ptr, logits_ptr,
-    scale_log2, split_len, num_splits, logits_stride,
+    out_ptr, part_out_ptr, part_lse_ptr, logits_ptr, score_ptr,
+    scale_log2, split_len, num_splits, logits_stride, stride_scb, stride_sch,
     stride_qb, stride_qh, stride_btb, stride_ob, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
@@ -47,7 +55,8 @@ def _decode_split_kernel(
     PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     QUANTIZED: tl.constexpr, DIRECT_OUT: tl.constexpr, WRITE_PROBS: tl.constexpr,
     Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr, OFFSET_64: tl.constexpr,
-    FAST_I8: tl.constexpr,
+    I8_CONVERT: tl.constexpr, ROW_SUMS: tl.constexpr, SCORES_HERE: tl.constexpr, SCORE_BLOCK: tl.constexpr,
+    GROUP_SCORES: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -67,7 +76,10 @@ def _decode_split_kernel(
     head_row = (b * NUM_HEADS + head).to(tl.int64)  # [G]
 
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l = tl.zeros([GROUP_PAD], tl.float32)
+    if ROW_SUMS:  # per-slot partial sums, added up once after the loop (attend_tile)
+        l = tl.zeros([GROUP_PAD, BLOCK_N], tl.float32)
+    else:
+        l = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, HEAD_DIM_PAD], tl.float32)
     for t0 in range(start, end, BLOCK_N):
         t = t0 + tl.arange(0, BLOCK_N)  # logical slots [N]
@@ -77,10 +89,12 @@ def _decode_split_kernel(
             t, t_mask, d, d_mask, block_tables_ptr + b * stride_btb, kvh,
             k_ptr, v_ptr, k_scale_ptr, v_scale_ptr,
             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
-            scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, FAST_I8)
+            scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, I8_CONVERT, ROW_SUMS)
         if WRITE_PROBS:
             tl.store(logits_ptr + head_row[:, None] * logits_stride + t[None, :], logit,
                      mask=head_mask[:, None] & t_mask[None, :])
+    if ROW_SUMS:
+        l = tl.sum(l, 1)
 
     l_safe = tl.where(l > 0, l, 1.0)
     o = acc / l_safe[:, None]
@@ -93,8 +107,37 @@ def _decode_split_kernel(
                  o.to(out_ptr.dtype.element_ty), mask=head_mask[:, None] & d_mask[None, :])
     else:
         tl.store(part_out_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=live[:, None] & d_mask[None, :])
-    if (not DIRECT_OUT) or WRITE_PROBS:
+    if SCORES_HERE:
+        # One split: this program's LSE is final, so it turns its own logits (just written, still
+        # in L2 for the most part) into scores; no second launch. The barrier makes the other
+        # threads' logit stores visible.
+        tl.debug_barrier()
+        gs = tl.arange(0, GROUP_SCORES)
+        lse = tl.sum(tl.where(gs[:, None] == g[None, :], (m + tl.log2(l_safe))[None, :], 0.0), 1)  # [GS]
+        add_scores(logits_ptr, (b * NUM_HEADS + kvh * GROUP).to(tl.int64), logits_stride, lse, start, end,
+                   score_ptr + b * stride_scb + kvh * stride_sch, GROUP, GROUP_SCORES, SCORE_BLOCK)
+    elif (not DIRECT_OUT) or WRITE_PROBS:
         tl.store(part_lse_ptr + row, m + tl.log2(l_safe), mask=live)
+
+
+@triton.jit
+def add_scores(logits_ptr, first_row, logits_stride, lse, t_start, t_end, score_row_ptr,
+               GROUP: tl.constexpr, GROUP_SCORES: tl.constexpr, SCORE_BLOCK: tl.constexpr):
+    """score[t] += sum over the group's heads of exp2(logit[head, t] - lse[head]), t in [t_start, t_end).
+
+    first_row (int64) the logits' row of the group's first head; lse [GROUP_SCORES] the heads'
+    final base-2 LSEs (GROUP_SCORES = next power of two >= GROUP: no dot here, so no padding to 16
+    rows, which would issue four times the loads for a group of 4).
+    """
+    g = tl.arange(0, GROUP_SCORES)
+    rows = first_row + g  # [GS]
+    for t0 in range(t_start, t_end, SCORE_BLOCK):
+        t = t0 + tl.arange(0, SCORE_BLOCK)
+        mask = (g < GROUP)[:, None] & (t < t_end)[None, :]
+        logit = tl.load(logits_ptr + rows[:, None] * logits_stride + t[None, :], mask=mask, other=float("-inf"))
+        prob = tl.sum(tl.exp2(logit - lse[:, None]), 0)  # [T] group sum
+        ptr = score_row_ptr + t
+        tl.store(ptr, tl.load(ptr, mask=t < t_end, other=0.0) + prob, mask=t < t_end)
 
 
 @triton.jit
@@ -102,7 +145,7 @@ def _decode_reduce_kernel(
     part_out_ptr, part_lse_ptr, seq_lens_ptr, out_ptr, logits_ptr, score_ptr,
     split_len, num_splits, score_chunk, num_score_chunks, logits_stride,
     stride_ob, stride_oh, stride_scb, stride_sch,
-    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_SCORES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
     SCORE_BLOCK: tl.constexpr, REDUCE_OUT: tl.constexpr, SCORES: tl.constexpr,
 ):
@@ -135,25 +178,18 @@ def _decode_reduce_kernel(
 
     if SCORES:
         if z < num_score_chunks:
-            g = tl.arange(0, GROUP_PAD)
-            head_mask = g < GROUP
-            head_row = (b * NUM_HEADS + kvh * GROUP + g).to(tl.int64)  # [G]
-            lse = tl.load(part_lse_ptr + (head_row * num_splits)[:, None] + s[None, :],
-                          mask=head_mask[:, None] & (s[None, :] < num_valid), other=float("-inf"))
+            g = tl.arange(0, GROUP_SCORES)
+            first_row = (b * NUM_HEADS + kvh * GROUP).to(tl.int64)
+            lse = tl.load(part_lse_ptr + ((first_row + g) * num_splits)[:, None] + s[None, :],
+                          mask=(g < GROUP)[:, None] & (s[None, :] < num_valid), other=float("-inf"))
             m = tl.max(lse, 1)
             m = tl.where(m > float("-inf"), m, 0.0)
             total = tl.sum(tl.exp2(lse - m[:, None]), 1)
             lse_final = m + tl.log2(tl.where(total > 0, total, 1.0))  # [G]; rows with no slots read none
             t_start = z * score_chunk
             t_end = tl.where(z == num_score_chunks - 1, seq_len, tl.minimum(t_start + score_chunk, seq_len))
-            for t0 in range(t_start, t_end, SCORE_BLOCK):
-                t = t0 + tl.arange(0, SCORE_BLOCK)
-                mask = head_mask[:, None] & (t < t_end)[None, :]
-                logit = tl.load(logits_ptr + head_row[:, None] * logits_stride + t[None, :], mask=mask,
-                                other=float("-inf"))
-                prob = tl.sum(tl.exp2(logit - lse_final[:, None]), 0)  # [T] group sum
-                ptr = score_ptr + b * stride_scb + kvh * stride_sch + t
-                tl.store(ptr, tl.load(ptr, mask=t < t_end, other=0.0) + prob, mask=t < t_end)
+            add_scores(logits_ptr, first_row, logits_stride, lse_final, t_start, t_end,
+                       score_ptr + b * stride_scb + kvh * stride_sch, GROUP, GROUP_SCORES, SCORE_BLOCK)
 
 
 _UNUSED: dict = {}
@@ -161,56 +197,20 @@ _UNUSED: dict = {}
 
 def _workspace(numel: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Scratch memory, uninitialized (the tests fill it with NaN to prove nothing unwritten is read).
-    An unused buffer is one cached empty tensor: each allocation costs host time on every step."""
+
+    CUDA graphs: a fresh torch.empty on every call, never a buffer cached here. Under capture the
+    caching allocator serves it from the graph's memory pool, which keeps it for the graph's
+    lifetime (replays reuse the same addresses; graphs sharing a pool replay one at a time, as
+    any activation). A buffer cached by size would be replaced, and freed, by a later larger call
+    while a captured graph still wrote into it. The one cached tensor is the empty one: an unused
+    buffer costs no allocation (host time on every eager call).
+    """
     if numel == 0:
         key = (device, dtype)
         if key not in _UNUSED:
             _UNUSED[key] = torch.empty(0, dtype=dtype, device=device)
         return _UNUSED[key]
     return torch.empty(numel, dtype=dtype, device=device)
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    block_n: int = 64     # tokens per tile
-    num_warps: int = 4
-    num_stages: int = 3
-
-
-# Tile configs by (KV element bytes, head dim), tuned by bench/kernels.py on an H100 (CUDA-graph
-# times; bench/results/kernels_h100.json, "tuning" and "defaults"); other head dims take the
-# nearest. PROGRAMS_PER_SM sets the split count: ceil(PROGRAMS_PER_SM * SMs / (B * Hkv)) splits,
-# at least 4 tiles each; one split per (sequence, KV head) once B * Hkv >= ONE_SPLIT_WAVES * SMs
-# (the batch alone fills the GPU: splits then only add workspace traffic and a reduce launch;
-# run 1 measured (64, 4096) 369 us with one split against 385 us with 5).
-CONFIGS = {(2, 128): DecodeConfig(64, 4, 2), (2, 64): DecodeConfig(64, 4, 3),
-           (1, 128): DecodeConfig(64, 4, 2), (1, 64): DecodeConfig(128, 4, 2)}
-PROGRAMS_PER_SM = 16
-ONE_SPLIT_WAVES = 2
-# INT8 K/V converted to fp16 without I2F (attention_tile.load_i8_as_f16). Its first GPU version
-# failed the bench's correctness check (a column-order bug, fixed and tested since under the
-# interpreter); bench/kernels.py checks both paths on the GPU and records which one ran.
-FAST_INT8 = True
-
-
-def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:
-    size = 1 if kv_dtype.itemsize == 1 else 2
-    dims = [d for (e, d) in CONFIGS if e == size]
-    return CONFIGS[(size, min(dims, key=lambda d: (abs(d - head_dim), d)))]
-
-
-def choose_num_splits(batch: int, num_kv_heads: int, context_tokens: int, num_sms: int, block_n: int) -> int:
-    """Split the context until the grid has PROGRAMS_PER_SM programs an SM, each >= 4 tiles long;
-    no split once B * Hkv alone is ONE_SPLIT_WAVES waves of programs over the SMs.
-
-    The price of a split, its partial output, is 4 * head_dim bytes per query head against
-    4 * head_dim bytes per token of K and V; stage 2 reads all of a head's splits in one go.
-    """
-    if batch * num_kv_heads >= ONE_SPLIT_WAVES * num_sms:
-        return 1
-    by_occupancy = triton.cdiv(PROGRAMS_PER_SM * num_sms, batch * num_kv_heads)
-    by_length = triton.cdiv(context_tokens, 4 * block_n)
-    return max(1, min(by_occupancy, by_length, MAX_SPLITS))
 
 
 def paged_decode_attention(
@@ -226,7 +226,7 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     max_seq_len: int | None = None,
-    config: DecodeConfig | None = None,
+    config: dc.DecodeConfig | None = None,
     num_sms: int = 132,
 ) -> torch.Tensor:
     """Launcher; same contract as reference.paged_decode_attention_ref.
@@ -235,7 +235,8 @@ def paged_decode_attention(
     seq_lens [B] int32; kv_scales (k_scale, v_scale) [num_blocks, page, Hkv] fp16 for INT8/FP8;
     score_out [B, Hkv, >= max seq_len] fp32, added to. max_seq_len (optional; it must bound every
     seq_len) sizes the split count and the scores' scratch; num_splits forces the split count.
-    Returns out [B, Hq, D] in q's dtype.
+    Returns out [B, Hq, D] in q's dtype. Host work only (no GPU sync, shapes from the arguments'
+    shapes and host ints): safe to capture in a CUDA graph (see _workspace).
     """
     batch, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
@@ -253,60 +254,67 @@ def paged_decode_attention(
     else:
         assert k_cache.dtype == q.dtype, f"q is {q.dtype} but the cache is {k_cache.dtype} with no kv_scales"
         k_scale = v_scale = k_cache  # unused
-    cfg = config or default_config(head_dim, k_cache.dtype)
+    cfg = config or dc.default_config(head_dim, k_cache.dtype)
     capacity = block_tables.shape[1] * page_size  # no sequence is longer
     context = max(1, min(max_seq_len or capacity, capacity))
     if num_splits is None:
-        num_splits = choose_num_splits(batch, num_kv_heads, context, num_sms, cfg.block_n)
-    split_len = triton.cdiv(triton.cdiv(context, min(num_splits, MAX_SPLITS)), cfg.block_n) * cfg.block_n
+        num_splits = dc.choose_num_splits(batch, num_kv_heads, context, num_sms, cfg.block_n, cfg.programs_per_sm,
+                                          cfg.min_split_tiles)
+    split_len = triton.cdiv(triton.cdiv(context, min(max(num_splits, 1), dc.MAX_SPLITS)), cfg.block_n) * cfg.block_n
     num_splits = triton.cdiv(context, split_len)
 
     out = torch.empty_like(q) if out is None else out
     assert out.shape == q.shape and out.stride(2) == 1
     direct = num_splits == 1
     scores = score_out is not None
+    scores_here = scores and direct and dc.SCORES_IN_SPLIT
+    stage2 = not direct or (scores and not scores_here)
     dev = q.device
     part_out = _workspace(0 if direct else batch * num_heads * num_splits * head_dim, dev)  # [B, Hq, S, D]
-    part_lse = _workspace(batch * num_heads * num_splits, dev)  # [B, Hq, S]
+    part_lse = _workspace(batch * num_heads * num_splits if stage2 else 0, dev)  # [B, Hq, S]
     # Logits per (sequence, query head, slot): as long as the table, or the caller's bound.
     logits_len = context if max_seq_len else capacity
     logits = _workspace(batch * num_heads * logits_len if scores else 0, dev)  # [B, Hq, logits_len]
     if scores:
         assert score_out.dtype == torch.float32 and score_out.shape[:2] == (batch, num_kv_heads)
         assert score_out.stride(2) == 1
+        score_ptr, score_strides = score_out, score_out.stride()[:2]
+    else:
+        score_ptr, score_strides = part_lse, (0, 0)
 
     group_pad = max(16, triton.next_power_of_2(group))
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
-    fast_i8 = FAST_INT8 and k_cache.dtype == torch.int8 and q.dtype == torch.float16 and head_dim == head_dim_pad
+    i8 = i8_convert_mode(dc.INT8_CONVERT, k_cache, v_cache, q, head_dim_pad, INTERPRETED)
+    k_in, v_in = words_view(k_cache, i8), words_view(v_cache, i8)
     launch = {} if INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, k_scale, v_scale, block_tables, seq_lens,
-        out, part_out, part_lse, logits,
-        scale * LOG2E, split_len, num_splits, logits_len,
+        q, k_in, v_in, k_scale, v_scale, block_tables, seq_lens,
+        out, part_out, part_lse, logits, score_ptr,
+        scale * LOG2E, split_len, num_splits, logits_len, *score_strides,
         q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
-        *cache_strides(k_cache, v_cache, kv_scales),
+        *cache_strides(k_in, v_in, kv_scales),
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
         PAGE_SIZE=page_size, BLOCK_N=cfg.block_n,
         QUANTIZED=quantized, DIRECT_OUT=direct, WRITE_PROBS=scores,
         Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED), IEEE=q.dtype == torch.float32,
-        OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, FAST_I8=fast_i8, **launch,
+        OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, I8_CONVERT=i8,
+        ROW_SUMS=cfg.row_sums, SCORES_HERE=scores_here, SCORE_BLOCK=dc.SCORE_BLOCK,
+        GROUP_SCORES=triton.next_power_of_2(group), **launch,
     )
-    if direct and not scores:
+    if not stage2:
         return out
-    # Scores are spread over chunks of the context like the splits.
-    num_chunks = num_splits if scores else 0
-    if scores and direct:
-        num_chunks = choose_num_splits(batch, num_kv_heads, context, num_sms, 256)
+    num_chunks = dc.choose_score_chunks(batch, num_kv_heads, context, num_sms) if scores else 0
+    score_chunk = triton.cdiv(triton.cdiv(context, max(num_chunks, 1)), dc.SCORE_BLOCK) * dc.SCORE_BLOCK
+    num_chunks = triton.cdiv(context, score_chunk) if scores else 0
     splits_pad = max(2, triton.next_power_of_2(num_splits))
     _decode_reduce_kernel[(batch, num_kv_heads, max(num_chunks, 0 if direct else group))](
-        part_out, part_lse, seq_lens, out, logits, score_out if scores else part_lse,
-        split_len, num_splits, triton.cdiv(context, max(num_chunks, 1)), num_chunks, logits_len,
-        out.stride(0), out.stride(1),
-        score_out.stride(0) if scores else 0, score_out.stride(1) if scores else 0,
-        NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=group_pad,
+        part_out, part_lse, seq_lens, out, logits, score_ptr,
+        split_len, num_splits, score_chunk, num_chunks, logits_len,
+        out.stride(0), out.stride(1), *score_strides,
+        NUM_HEADS=num_heads, GROUP=group, GROUP_SCORES=triton.next_power_of_2(group),
         HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, SPLITS_PAD=splits_pad, SPLIT_BLOCK=min(32, splits_pad),
-        SCORE_BLOCK=256, REDUCE_OUT=not direct, SCORES=scores,
+        SCORE_BLOCK=dc.SCORE_BLOCK, REDUCE_OUT=not direct, SCORES=scores,
         **({} if INTERPRETED else {"num_warps": 4}),
     )
     return out

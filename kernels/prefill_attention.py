@@ -30,7 +30,7 @@ def _prefill_kernel(
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     QUANTIZED: tl.constexpr, Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
-    OFFSET_64: tl.constexpr, FAST_I8: tl.constexpr,
+    OFFSET_64: tl.constexpr, I8_CONVERT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -61,7 +61,7 @@ def _prefill_kernel(
                 t, t_mask, d, d_mask, block_tables_ptr + b * stride_btb, kvh,
                 k_ptr, v_ptr, k_scale_ptr, v_scale_ptr,
                 stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
-                scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, FAST_I8)
+                scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, I8_CONVERT)
         o = acc / tl.where(l > 0, l, 1.0)[:, None]
         tl.store(out_ptr + (q_start + i)[:, None].to(tl.int64) * stride_ot + head[:, None] * stride_oh + d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=mask)
@@ -114,7 +114,7 @@ def paged_prefill_attention(
         GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         PAGE_SIZE=page_size, BLOCK_Q=block_q, BLOCK_N=block_n,
         QUANTIZED=kv_scales is not None, Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED),
-        IEEE=q.dtype == torch.float32, OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, FAST_I8=False,
+        IEEE=q.dtype == torch.float32, OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, I8_CONVERT=0,
         **launch,
     )
     return out

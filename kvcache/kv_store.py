@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import write_kv_ref
+import kernels
 from kvcache.dtypes import KVDtype, UnknownKVDtypeError, get_kv_dtype
 from kvcache.quant import dequantize, quantize
 from kvcache.sizing import KVShape, kv_bytes_per_block, kv_bytes_per_token
@@ -72,8 +72,10 @@ class PagedKVStore:
     def write(self, i: int, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
         """Store new K/V [T, Hkv, D] of layer i at flat slots [T] (-1 = skip), quantizing if the
         dtype says so."""
-        if not self.spec.quantized:
-            write_kv_ref(k, v, self.k[i], self.v[i], slot_mapping)
+        if not self.spec.has_zero_point:
+            # on CUDA the Triton write (no host sync: CUDA graphs), quantizing as quantize() does
+            scales = None if self.k_scale is None else (self.k_scale[i], self.v_scale[i])
+            kernels.write_kv(k, v, self.k[i], self.v[i], slot_mapping, scales)
             return
         keep = slot_mapping >= 0
         slots = slot_mapping[keep].long()

@@ -18,13 +18,14 @@ DEFAULT_CORPUS = "data/tinyshakespeare_40k.txt"  # shipped with kvsim (the quali
 
 def model_dtype(kv_dtype: str):
     """The model's dtype: a float KV cache holds the model's own K/V dtype (the kernels read q and
-    the cache alike); a quantized cache dequantizes into bf16 on a GPU, fp32 on the CPU."""
+    the cache alike); a quantized cache dequantizes into fp16 on a GPU (the decode kernel's fast
+    INT8 conversion makes fp16), fp32 on the CPU."""
     import torch
 
     floats = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if kv_dtype in floats:
         return floats[kv_dtype]
-    return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return torch.float16 if torch.cuda.is_available() else torch.float32
 
 
 @functools.lru_cache(maxsize=2)
@@ -59,10 +60,10 @@ def corpus_ids(engine, kv_dtype: str) -> np.ndarray:
 
 def compute_simulation(point, model, fields: dict, budget: int | None):
     from engine.backends.compute import ComputeBackend
-    from engine.cost_model import CostModel
+    from engine.cost_model import cost_model_for
     from engine.gpus import get_gpu
     from kvcache.policies import make_policy
-    from kvcache.sizing import kv_bytes_per_block, kv_bytes_per_token
+    from kvcache.sizing import kv_bytes_per_block
     from scheduler.config import SchedulerConfig
     from scheduler.simulation import Simulation
 
@@ -73,7 +74,7 @@ def compute_simulation(point, model, fields: dict, budget: int | None):
     if loaded.model.embed_tokens.weight.device.type == "cpu" and store_bytes > CPU_STORE_LIMIT_BYTES:
         raise ConfigError(f"compute mode on the CPU: a KV store of {config.num_blocks} blocks is "
                           f"{store_bytes / 2**30:.1f} GiB; size it with --kv-blocks or --kv-mem-gib")
-    cost = CostModel(model, get_gpu(engine.gpu), kv_bytes_per_token(model, cache.kv_dtype))
+    cost = cost_model_for(model, get_gpu(engine.gpu), cache.kv_dtype)  # step times off the GPU
     policy = make_policy(cache.policy) if budget is not None else None
     backend = ComputeBackend(loaded, config.num_blocks, config.block_size, cost, kv_dtype=cache.kv_dtype,
                              num_swap_blocks=config.num_swap_blocks, sink_tokens=engine.sink_tokens, policy=policy)

@@ -15,15 +15,15 @@ from engine.errors import ConfigError, KvsimError
 from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
 
 
-def cost_model_note(backend: str, gpu: str) -> str:
-    """Where step times come from, for tables and reports."""
-    roofline = f"{gpu} roofline (datasheet peaks x measured efficiencies)"
+def cost_model_note(backend: str, cost_source: str) -> str:
+    """Where step times come from, for tables and reports (cost_source: the cost model's .source,
+    a calibrated profile or the roofline)."""
     if backend == "compute":
         import torch
 
         if torch.cuda.is_available():
             return f"measured on {torch.cuda.get_device_name()} (CUDA events)"
-    return roofline
+    return cost_source
 
 
 @dataclass(frozen=True)
@@ -203,12 +203,15 @@ def _closed_loop(point: Point, model):
     return sim, backend, blocks, point.sessions.duration_s, None
 
 
-def run_point(point: Point, progress: bool = False) -> PointResult:
+def run_point(point: Point, progress: bool = False, on_build=None) -> PointResult:
+    """on_build(sim): called with the built simulation before it runs (a bench wraps its backend)."""
     from kvcache.sizing import kv_bytes_per_block
     from kvsim.progress import SimProgress
 
     model = model_config(point.engine.model)
     sim, backend, blocks, until, total = (_open_loop if point.sessions is None else _closed_loop)(point, model)
+    if on_build is not None:
+        on_build(sim)
     with SimProgress(sim, total=total, until=until, label=point.key, enabled=progress):
         result = sim.run(until=until)
     block_bytes = kv_bytes_per_block(model, point.cache.kv_dtype, point.engine.block_size)
@@ -223,6 +226,6 @@ def run_point(point: Point, progress: bool = False) -> PointResult:
         peak_kv_bytes=int(summary["peak_kv_blocks"]) * block_bytes,
         max_seqs_held=int(steps.num_running.max()) if len(steps) else 0,
         mean_batch_size=float(steps.batch_size.mean()) if len(steps) else 0.0,
-        cost_model=cost_model_note(backend, point.engine.gpu),
+        cost_model=cost_model_note(backend, sim.backend.cost.source),
     )
     return PointResult(point.key, point.params(), summary, result.requests, steps, result.sessions)

@@ -7,10 +7,10 @@ import numpy as np
 
 from engine.backends.analytic import AnalyticBackend
 from engine.config import PRESETS, ModelConfig
-from engine.cost_model import CostModel
+from engine.cost_model import cost_model_for
 from engine.errors import ConfigError
 from engine.gpus import GPU, get_gpu
-from kvcache.sizing import kv_bytes_per_block, kv_bytes_per_token
+from kvcache.sizing import kv_bytes_per_block
 from scheduler.config import SchedulerConfig
 from scheduler.request import Request
 from scheduler.simulation import Simulation
@@ -44,7 +44,7 @@ def analytic_simulation(model: str | ModelConfig = "llama-3.1-8b", gpu: str | GP
     scheduler_fields.setdefault("num_blocks", kv_blocks_for_gpu(cfg, gpu, kv_dtype, block_size, gpu_mem_util))
     scheduler_fields.setdefault("max_model_len", cfg.max_position_embeddings)
     config = SchedulerConfig(**scheduler_fields)
-    cost = CostModel(cfg, gpu, kv_bytes_per_token(cfg, kv_dtype))
+    cost = cost_model_for(cfg, gpu, kv_dtype)  # calibrated where a profile exists, else the roofline
     return Simulation(config, AnalyticBackend(cost, sink_tokens), budget_tokens=budget_tokens,
                       evict_every=evict_every, block_bytes=kv_bytes_per_block(cfg, kv_dtype, block_size))
 

@@ -35,14 +35,16 @@ def decode_run(sim, out, first_duration_s: float):
         return None
     k = min(config.max_decode_run, min(s.seq.remaining_outputs for s in out.scheduled))
     growing, held = [], []  # held: sequences at their budget
-    context = 0
+    context = longest_held = longest_growing = 0
     for s in out.scheduled:
         budget = sched.budget_of(s.seq.request)
         slots = kv.num_slots(s.seq.seq_id)
         context += slots
         if budget is not None and slots >= budget:
             held.append(s.seq)
+            longest_held = max(longest_held, slots)
         else:
+            longest_growing = max(longest_growing, slots)
             growing.append((s.seq, slots))
             if budget is not None:
                 k = min(k, budget - slots + 1)
@@ -52,8 +54,11 @@ def decode_run(sim, out, first_duration_s: float):
     while k >= 2 and sum(_new_blocks(n, k - 1, size) for _, n in growing) > available:
         k -= 1
     durations, t, horizon = [first_duration_s], env.now + first_duration_s, env.peek()
+    batch = len(out.scheduled)
     while len(durations) < k and t < horizon:
-        shape = StepShape(len(out.scheduled), len(out.scheduled), context + len(durations) * len(growing))
+        j = len(durations)  # every growing sequence holds j more slots than at the first step
+        shape = StepShape(batch, batch, context + j * len(growing), num_decode_seqs=batch,
+                          decode_max_context=max(longest_held, longest_growing + j if growing else 0))
         d = cost.step_time(shape)
         durations.append(d)
         t += d

@@ -24,16 +24,22 @@ class StepResult:
 def step_shape(scheduled, swap_bytes: int = 0, copy_bytes: int = 0, decode_context=None) -> StepShape:
     """Aggregate a step for the cost model. decode_context(item) -> tokens a decode reads
     (default: its context; the backends pass the manager's slot count, which eviction bounds)."""
-    num_tokens = logits = dctx = pairs = pctx = 0
+    num_tokens = logits = dctx = pairs = pctx = num_decode = max_ctx = 0
+    chunks = []
     for item in scheduled:
         num_tokens += item.num_new_tokens
         logits += item.produces_token
         if item.seq.is_decoding:
-            dctx += decode_context(item) if decode_context else item.start + 1
+            ctx = decode_context(item) if decode_context else item.start + 1
+            dctx += ctx
+            num_decode += 1
+            if ctx > max_ctx:  # noqa: PLR1730 (cheaper than max() on this per-item path)
+                max_ctx = ctx
         else:
             pairs += causal_pairs(item.start, item.num_new_tokens)
             pctx += item.start + item.num_new_tokens
-    return StepShape(num_tokens, logits, dctx, pairs, pctx, swap_bytes, copy_bytes)
+            chunks.append((item.start, item.num_new_tokens))
+    return StepShape(num_tokens, logits, dctx, pairs, pctx, swap_bytes, copy_bytes, num_decode, max_ctx, tuple(chunks))
 
 
 class AnalyticBackend:

@@ -122,13 +122,14 @@ class ComputeBackend(AnalyticBackend):
         attention = None
         if score_out is not None:  # [B, max_slots]: summed over layers and KV heads
             attention = torch.stack(score_out).sum(dim=(0, 2)).double().cpu().numpy()
+        norms_wanted = []  # (scores, fresh logical slots, block table) of the key-norm policies
         for b, item in enumerate(scheduled):
             seq_id = item.seq.seq_id
             policy = self.policy_of(seq_id)
             scores = self.scores.setdefault(seq_id, SlotScores())
             fresh = scores.sync(kv.slot_positions(seq_id))
             n = len(scores.positions)
-            if attention is not None:
+            if attention is not None and set(policy.needs) & set(ATTENTION_FIELDS):
                 row = attention[b, :n]
                 if policy.group_reduce == "mean":
                     row = row / self.runner.model.config.group_size
@@ -137,8 +138,12 @@ class ComputeBackend(AnalyticBackend):
                 else:
                     scores.add("attn_sum", row)
                     scores.set("attn_last", row)
-            if "key_norm" in needs and len(fresh):
-                scores.arrays["key_norm"][fresh] = self._key_norms(kv.block_table(seq_id), fresh)
+            if "key_norm" in policy.needs and len(fresh):
+                norms_wanted.append((scores, fresh, kv.block_table(seq_id)))
+        if norms_wanted:
+            norms = self._key_norms([(table, fresh) for _, fresh, table in norms_wanted])
+            for (scores, fresh, _), values in zip(norms_wanted, np.split(norms, np.cumsum([len(f) for _, f, _ in norms_wanted])[:-1])):
+                scores.arrays["key_norm"][fresh] = values
 
     def _prompt_window(self, item) -> int:
         """SnapKV's window on the chunk that completes a prompt, else 0 (every query counts)."""
@@ -147,10 +152,12 @@ class ComputeBackend(AnalyticBackend):
             return policy.window
         return 0
 
-    def _key_norms(self, block_table: list[int], logical: np.ndarray) -> np.ndarray:
-        """Mean over layers and KV heads of the L2 norm of the keys at these logical slots."""
+    def _key_norms(self, slots: list[tuple[list[int], np.ndarray]]) -> np.ndarray:
+        """Mean over layers and KV heads of the L2 norm of the keys at these logical slots, for
+        every (block table, logical slots) pair, concatenated: one read per layer for all."""
         size = self.store.block_size
-        flat = torch.tensor([block_table[i // size] * size + i % size for i in logical.tolist()], device=self.device)
+        flat = torch.tensor([table[i // size] * size + i % size for table, logical in slots for i in logical.tolist()],
+                            device=self.device)
         norms = [self.store.read(layer, flat)[0].norm(dim=-1).mean(dim=-1) for layer in range(self.store.num_layers)]
         return torch.stack(norms).mean(0).double().cpu().numpy()
 

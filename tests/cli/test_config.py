@@ -63,7 +63,7 @@ def test_bad_config_files(tmp_path, text, fragments):
     (["sweep", "--sessions", "8,4"], ["sessions.sessions (--sessions): must be increasing"]),
     (["replay", "--config", "/no/such.toml"], ["--config /no/such.toml: no such file"]),
     (["replay", "--config", "x.ini"], ["expected a .toml, .yaml"]),
-    (["profile"], ["`kvsim profile` is not available yet"]),
+    (["profile", "--batches", "1,0"], ["--batches: must be >= 1, got (1, 0)"]),
 ])
 def test_bad_values_are_one_line_errors(tmp_path, args, fragments):
     one_line_error(kvsim(*args, "--out", tmp_path / "x") if args[0] != "profile" else kvsim(*args), *fragments)

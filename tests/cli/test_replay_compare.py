@@ -33,7 +33,7 @@ def test_replay_writes_a_run_directory(tmp_path):
     steps = pd.read_parquet(out / "steps.parquet")
     assert steps.blocks_used.max() == r["peak_kv_blocks"] and steps.num_running.max() == r["max_seqs_held"]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "h100 roofline" in html and "Splitwise" in html
+    assert html.count("data:image/png;base64,") == 2 and "Cost model: " in html and "Splitwise" in html
 
 
 def test_replay_table_and_progress_on_stderr(tmp_path):
@@ -61,7 +61,9 @@ def test_compare_grid_joins_quality(tmp_path):
     assert by["full", "int8"]["ppl"] is None  # no such row in quality.csv: left empty
     # INT8 holds about twice the blocks of fp16 in the same memory; eviction lowers the peak
     assert 1.9 < by["full", "int8"]["num_blocks"] / by["full", "fp16"]["num_blocks"] < 2.0
-    assert by["streaming", "fp16"]["peak_kv_blocks"] < by["full", "fp16"]["peak_kv_blocks"]
+    # (both may fill this tiny cache; the evicting one then preempts less)
+    assert by["streaming", "fp16"]["peak_kv_blocks"] <= by["full", "fp16"]["peak_kv_blocks"]
+    assert by["streaming", "fp16"]["preemptions"] < by["full", "fp16"]["preemptions"]
     summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 4 and {"ppl", "top1_agreement", "kl", "output_tokens_per_s"} <= set(summary.columns)
     assert set(pd.read_parquet(out / "requests.parquet").point) == {r["point"] for r in records}

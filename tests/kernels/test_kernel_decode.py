@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kernels
+from kernels import decode_config as dc
 from kernels import reference as ref
 from kernels._dispatch import triton_module
 from paged_cases import make_cache, query_dtype, rel_err
@@ -63,6 +64,68 @@ def test_matches_reference(page, num_heads, num_kv_heads, head_dim, kv_dtype, mo
         assert rel_err(out, expected) <= TOL[kv_dtype], (num_splits, rel_err(out, expected))
 
 
+@pytest.mark.parametrize("kv_dtype", ["fp16", "int8"])
+def test_tile_configs_the_bench_tunes(kv_dtype):
+    """Other tiles, the softmax denominator as per-slot partial sums, another split rule."""
+    mod = triton_module("decode_attention", "interpret")
+    gen = torch.Generator().manual_seed(13)
+    cache = make_cache(gen, [1, 150, 77], 16, 2, 64, kv_dtype)
+    q = torch.randn(3, 8, 64, generator=gen).half()
+    scores = torch.zeros(3, 2, cache.max_slots)
+    expected_scores = scores.clone()
+    expected = ref.paged_decode_attention_ref(q.float(), cache.k, cache.v, cache.block_tables, cache.seq_lens,
+                                              0.125, cache.kv_scales, expected_scores)
+    for cfg in (dc.DecodeConfig(32, 4, 2, 16, 2, True), dc.DecodeConfig(128, 4, 2, 4, 1, True)):
+        out = torch.full_like(q, float("nan"))
+        scores.zero_()
+        mod.paged_decode_attention(q, cache.k, cache.v, cache.block_tables, cache.seq_lens, 0.125, cache.kv_scales,
+                                   scores, out=out, config=cfg, max_seq_len=150)
+        assert rel_err(out, expected) <= TOL[kv_dtype], cfg
+        torch.testing.assert_close(scores, expected_scores, rtol=1e-3, atol=2e-5)
+
+
+def test_int8_extreme_v_scales():
+    """V's scale rides in the exponent (attend_tile): zero, subnormal and huge scales stay exact."""
+    gen = torch.Generator().manual_seed(9)
+    cache = make_cache(gen, [40, 23], 16, 2, 64, "int8")
+    v_scale = cache.kv_scales[1]
+    v_scale[0, :4, 0] = torch.tensor([0.0, 2.0 ** -20, 3e4, 1e-3], dtype=torch.float16)
+    cache.v[0, 0] = 0  # a zero scale belongs to an all-zero row
+    q = torch.randn(2, 4, 64, generator=gen).half()
+    expected = ref.paged_decode_attention_ref(q.float(), cache.k, cache.v, cache.block_tables, cache.seq_lens,
+                                              0.125, cache.kv_scales)
+    for num_splits in (1, 2):
+        assert rel_err(_run(cache, q, 0.125, num_splits), expected) <= 2e-3
+
+
+def test_prmt_selectors_convert_every_byte_in_order():
+    """The PTX of the PRMT conversion, emulated by PTX's rules: prmt.b32 d, a, b, sel picks byte
+    sel[4i+3:4i] of {b, a} for byte i of d; sub.f16x2 subtracts per half. Every int8 comes back
+    exact, in order (output element j from input byte j)."""
+    from kernels import attention_tile as tile
+
+    asm = str(tile.PRMT_PACKED_ASM.value if hasattr(tile.PRMT_PACKED_ASM, "value") else tile.PRMT_PACKED_ASM)
+    assert "xor.b32 t, $2, 0x80808080" in asm and "mov.b32 c, 0x64806480" in asm
+    sel_lo = int(asm.split("prmt.b32 $0, t, 0x64646464, ")[1].split(";")[0], 16)
+    sel_hi = int(asm.split("prmt.b32 $1, t, 0x64646464, ")[1].split(";")[0], 16)
+
+    def prmt(a, b, sel):
+        pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+        return sum(pool[(sel >> (4 * i)) & 0x7] << (8 * i) for i in range(4))
+
+    def halves(word):  # fp16 x2, element 0 in the low half
+        return torch.tensor([word & 0xFFFF, word >> 16], dtype=torch.int32).to(torch.int16).view(torch.float16)
+
+    values = torch.arange(-128, 128, dtype=torch.int32)
+    for k in range(0, 256, 4):
+        x = values[k:k + 4]
+        word = sum(((int(v) & 0xFF) << (8 * j)) for j, v in enumerate(x))
+        t = word ^ 0x80808080
+        out = torch.cat([halves(prmt(t, 0x64646464, sel_lo)), halves(prmt(t, 0x64646464, sel_hi))])
+        out = (out.float() - halves(0x64806480).float().repeat(2)).to(torch.float16)  # sub.f16x2 with c
+        assert torch.equal(out.float(), x.float()), (x, out)
+
+
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8"])
 def test_quantized_matches_dequantized_cache(kv_dtype):
     """INT8/FP8 in the kernel == the reference run on the cache dequantized to float32."""
@@ -76,11 +139,12 @@ def test_quantized_matches_dequantized_cache(kv_dtype):
     assert rel_err(out, expected) <= TOL[kv_dtype]
 
 
-@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("mode", ["bits", "i2f"])
 @pytest.mark.parametrize("head_dim,num_heads", [(128, 8), (64, 6)])
-def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, fast, monkeypatch):
-    """The I2F-free INT8 -> fp16 conversion (FAST_INT8) and the I2F path compute the same."""
-    monkeypatch.setattr(triton_module("decode_attention", "interpret"), "FAST_INT8", fast)
+def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, mode, monkeypatch):
+    """The I2F-free INT8 -> fp16 conversion (INT8_CONVERT "bits", which the interpreter also runs
+    for the PRMT modes) and the I2F path compute the same."""
+    monkeypatch.setattr(dc, "INT8_CONVERT", mode)
     gen = torch.Generator().manual_seed(head_dim)
     cache = make_cache(gen, [1, 45, 130], 16, 2, head_dim, "int8")
     cache.k[0, 0, 0, :8] = torch.tensor([-128, -127, -1, 0, 1, 126, 127, 5], dtype=torch.int8)  # every byte edge
@@ -91,10 +155,13 @@ def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, fast, 
         assert rel_err(_run(cache, q, 0.1, num_splits), expected) <= 2e-3
 
 
-@pytest.mark.parametrize("kv_dtype,num_splits", [("fp16", 1), ("fp16", 4), ("int8", 2), ("int8", None)])
-def test_scores(kv_dtype, num_splits, monkeypatch):
-    """score_out gets each slot's probability summed over its group, added in place."""
+@pytest.mark.parametrize("kv_dtype,num_splits,in_split", [("fp16", 1, True), ("fp16", 1, False), ("fp16", 4, True),
+                                                           ("int8", 2, True), ("int8", None, True)])
+def test_scores(kv_dtype, num_splits, in_split, monkeypatch):
+    """score_out gets each slot's probability summed over its group, added in place (with one split
+    by stage 1 itself, or by stage 2's chunks)."""
     _poisoned_workspace(monkeypatch)
+    monkeypatch.setattr(dc, "SCORES_IN_SPLIT", in_split)
     gen = torch.Generator().manual_seed(11)
     page, num_heads, num_kv_heads = 16, 8, 2
     cache = make_cache(gen, [1, 37, 100, 64], page, num_kv_heads, 64, kv_dtype)
@@ -147,17 +214,38 @@ def test_short_max_seq_len_hint_still_covers_every_slot():
     assert rel_err(_run(cache, q, 0.1, None, max_seq_len=130), expected) <= 2e-3
 
 
-def test_split_count_fills_the_gpu():
-    """PROGRAMS_PER_SM programs an SM when the context allows (>= 4 tiles a split), else 4-tile splits;
-    one split once the batch alone fills the GPU or the context is short."""
-    mod = triton_module("decode_attention", "interpret")
-    target = mod.PROGRAMS_PER_SM * 132
+@pytest.mark.parametrize("programs_per_sm,min_tiles", [(16, 4), (4, 2)])
+def test_split_count_fills_the_gpu(programs_per_sm, min_tiles):
+    """programs_per_sm programs an SM when the context allows (>= min_tiles tiles a split), else
+    min_tiles-tile splits; one split once the batch alone fills the GPU or the context is short."""
+    target = programs_per_sm * 132
     for batch, length, kv_heads in [(1, 4096, 8), (1, 32768, 8), (16, 4096, 8), (64, 4096, 8), (64, 4096, 3)]:
-        splits = mod.choose_num_splits(batch, kv_heads, length, 132, 64)
-        assert 1 <= splits <= mod.MAX_SPLITS
-        if batch * kv_heads >= mod.ONE_SPLIT_WAVES * 132:
+        splits = dc.choose_num_splits(batch, kv_heads, length, 132, 64, programs_per_sm, min_tiles)
+        assert 1 <= splits <= dc.MAX_SPLITS
+        if batch * kv_heads >= dc.ONE_SPLIT_WAVES * 132:
             assert splits == 1  # the batch alone fills the GPU
         else:
-            assert batch * kv_heads * splits >= target or splits in (-(-length // 256), mod.MAX_SPLITS)
-    assert mod.choose_num_splits(target, 1, 2048, 132, 64) == 1
-    assert mod.choose_num_splits(1, 8, 10, 132, 64) == 1
+            assert batch * kv_heads * splits >= target or splits in (-(-length // (64 * min_tiles)), dc.MAX_SPLITS)
+    assert dc.choose_num_splits(target, 1, 2048, 132, 64, programs_per_sm, min_tiles) == 1
+    assert dc.choose_num_splits(1, 8, 10, 132, 64, programs_per_sm, min_tiles) == 1
+
+
+def test_public_split_count_is_the_launchers():
+    """kernels.decode_num_splits (for callers that capture CUDA graphs and pass num_splits) is the
+    count the launcher picks by itself: the same output bit for bit (one split differs)."""
+    gen = torch.Generator().manual_seed(6)
+    cache = make_cache(gen, [300, 211], 16, 2, 64, "fp16")
+    q = torch.randn(2, 4, 64, generator=gen).half()
+    splits = kernels.decode_num_splits(2, 2, cache.max_slots, 64, torch.float16, "cpu", interpret=True)
+    assert splits > 1
+    auto = _run(cache, q, 0.1, None)
+    assert torch.equal(auto, _run(cache, q, 0.1, splits)) and not torch.equal(auto, _run(cache, q, 0.1, 1))
+    assert kernels.decode_num_splits(1, 8, 32768, 128, torch.float16, "cpu", interpret=False) == 1  # reference
+
+
+def test_score_chunks_fill_the_gpu_whatever_the_split_count():
+    """Stage 2's score pass gets SCORE_PROGRAMS_PER_SM programs an SM (chunks >= 2 score blocks)."""
+    for batch, length, kv_heads in [(64, 16384, 8), (64, 4096, 8), (256, 2048, 8), (1, 4096, 8)]:
+        chunks = dc.choose_score_chunks(batch, kv_heads, length, 132)
+        assert batch * kv_heads * chunks >= dc.SCORE_PROGRAMS_PER_SM * 132 or chunks == -(-length // 512)
+    assert dc.choose_score_chunks(64, 8, 16384, 132) > 1  # one split no longer means one chunk

@@ -1,0 +1,290 @@
+"""Fidelity of the analytic mode (issue 8): one slice of the Azure conversation trace replayed in
+compute mode (the real model, each step timed with CUDA events) and in analytic mode (the
+calibrated profile of this GPU), for fp16 and INT8 KV and the full and StreamingLLM policies.
+
+    python bench/fidelity.py [--requests 500] [--rate-scale 40] [--profile PATH] [--budget-s 330]
+    python bench/fidelity.py --smoke     # on the CPU: random weights, a handful of requests
+
+Per step: every compute step's own composition (each decode sequence's context, each prefill
+chunk) predicted by the calibrated cost model against its measured time: median and p95 of
+|predicted / measured - 1|, by kind (decode-only, mixed, prefill-only). The profile's grid tables
+are uniform batches and its fitted correction's rows (random_steps) are seeded random compositions;
+the trace's steps are neither (a step equal to a grid point or a fitted composition is counted
+and left out), so no scored composition was fitted to. End to end: output
+throughput, TTFT p50/p99 and TPOT p50/p99 of the analytic run against the compute run. Writes
+fidelity_<gpu>.json to $OUT (else bench/results/) after every configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the repo's packages, not bench/
+
+from bench.common import RESULTS, environment, write_json
+
+E2E = ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99")
+FLOORS = {"step_median": 0.05, "step_p95": 0.15, "e2e": 0.05}  # issue 8
+
+
+class StepRecorder:
+    """Wraps a compute backend's execute: each step's composition and measured duration. Before
+    the run it warms what a timed step must not pay for: Triton compiles and graph captures."""
+
+    def __init__(self, max_context: int, eager_sizes: tuple):
+        self.records: list[tuple] = []
+        self.max_context, self.eager_sizes = max_context, eager_sizes
+
+    def attach(self, sim) -> None:
+        from engine.backends.analytic import step_shape
+
+        backend = sim.backend
+        warm_eager_steps(backend.runner, *self.eager_sizes)
+        warm_decode_graphs(backend.runner, sim.config.max_num_seqs, self.max_context)
+        execute = backend.execute
+
+        def recorded(scheduled, kv, swap_bytes: int = 0):
+            shape = step_shape(scheduled, swap_bytes, decode_context=lambda it: kv.num_slots(it.seq.seq_id))
+            result = execute(scheduled, kv, swap_bytes)
+            self.records.append((shape, result.duration_s))
+            return result
+
+        backend.execute = recorded
+
+
+def warm_eager_steps(runner, tokens, cached) -> None:
+    """Prefill and mixed steps of assorted sizes (slot -1 writes nowhere), so that Triton has
+    compiled its variants before anything is timed."""
+    from engine.runner import StepInput
+
+    block_size = runner.kv_store.block_size
+    for n in tokens:
+        for c in cached:
+            chunk = StepInput([0] * n, c, [-1] * n, [0] * -(-(c + n) // block_size), c + n)
+            runner.run([chunk])
+            runner.run([chunk, *[StepInput([0], 40, [-1], [0] * 3, 41) for _ in range(3)]])
+
+
+def warm_decode_graphs(runner, max_batch: int, max_context: int) -> None:
+    """One decode step of every (batch bucket, table width) the run can meet: on a GPU each is a
+    CUDA graph captured on first use, which must not happen inside a timed step."""
+    import engine.runner as runner_module
+    from engine.runner import StepInput
+
+    buckets = [b for b in getattr(runner, "graph_buckets", []) if b <= max_batch]
+    width = getattr(runner_module, "MIN_WIDTH_BLOCKS", 16)
+    needed = -(-max_context // runner.kv_store.block_size)
+    top = min(getattr(runner, "max_graph_width", width), max(width, 1 << (needed - 1).bit_length()))
+    while width <= top:
+        for rows in buckets:  # slot -1 writes nowhere; each row reads one slot
+            runner.run([StepInput([0], 0, [-1], [0] * width, 1) for _ in range(rows)])
+        width *= 2
+
+
+def step_errors(records, cost) -> dict:
+    """|predicted / measured - 1| over the steps, by kind; steps equal to a fitted grid point left out."""
+    from engine.calibrated import Correction
+
+    tables = cost.profile.tables(cost.kv_dtype) if hasattr(cost, "profile") else {}
+    tables = {name: t for name, t in tables.items() if name != "random_steps"}
+    correction = getattr(cost, "correction", None)
+    fitted = correction.fitted if correction else set()
+    grid = {name: set(zip(*(t[c] for c in t if c != "time_s"))) for name, t in tables.items()}
+    rel, kinds, excluded, scored = [], [], 0, []
+    for shape, measured in records:
+        b, chunks = shape.num_decode_seqs, shape.prefill_chunks
+        uniform = b and shape.decode_max_context * b == shape.decode_context_tokens
+        key = None
+        if not chunks and uniform:
+            key = ("decode_step", (b, shape.decode_max_context))
+        elif len(chunks) == 1 and not b:
+            key = ("prefill_step", (chunks[0][1], chunks[0][0]))
+        elif len(chunks) == 1 and uniform:
+            key = ("mixed_step", (chunks[0][1], chunks[0][0], b, shape.decode_max_context))
+        if key and key[1] in grid.get(key[0], ()) or Correction.key(shape) in fitted:
+            excluded += 1
+            continue
+        rel.append(cost.step_time(shape) / measured - 1)
+        kinds.append("decode" if not chunks else "mixed" if b else "prefill")
+        scored.append((shape, measured))
+    rel, kinds = np.asarray(rel), np.asarray(kinds)
+    out = {"steps_scored": len(rel), "steps_equal_to_grid_points": excluded,
+           "fit_rows": f"{len(fitted)} random compositions of the profile (random_steps), disjoint from the "
+                       f"trace steps scored here", "correction": correction.describe() if correction else None}
+    for kind in ("all", "decode", "mixed", "prefill"):
+        r = rel if kind == "all" else rel[kinds == kind]
+        if len(r):
+            out[kind] = {"steps": len(r), "abs_median": float(np.median(abs(r))),
+                         "abs_p95": float(np.percentile(abs(r), 95)), "signed_median": float(np.median(r))}
+    out["worst"] = [describe(*scored[i], float(rel[i])) for i in np.argsort(-abs(rel))[:10]]  # where it misses
+    measured = sum(m for _, m in records)
+    out["total_time_rel_error"] = float(sum(cost.step_time(s) for s, _ in records) / measured - 1) if measured else None
+    return out
+
+
+def describe(shape, measured_s: float, rel_error: float) -> dict:
+    """A scored step, for the list of the worst predictions."""
+    b = shape.num_decode_seqs
+    return {"rel_error": rel_error, "measured_s": measured_s, "decode_seqs": b,
+            "decode_mean_context": shape.decode_context_tokens / b if b else 0,
+            "decode_max_context": shape.decode_max_context, "chunks": [list(c) for c in shape.prefill_chunks]}
+
+
+def capped_trace(path: Path, requests: int, max_prompt: int | None, max_output: int | None, folder: Path) -> Path:
+    """The first `requests` rows of an Azure-format trace, lengths capped, written beside the results."""
+    import pandas as pd
+
+    rows = pd.read_csv(path, nrows=requests)
+    if max_prompt:
+        rows["ContextTokens"] = rows["ContextTokens"].clip(upper=max_prompt)
+    if max_output:
+        rows["GeneratedTokens"] = rows["GeneratedTokens"].clip(upper=max_output)
+    out = folder / f"trace_{requests}_p{max_prompt}_o{max_output}.csv"
+    rows.to_csv(out, index=False)
+    return out
+
+
+def smoke_profile(folder: Path, kv_dtypes: str) -> Path:
+    """A CPU-timed profile of smollm2-135m on a tiny grid (only to run the pipeline)."""
+    from kvsim.cli import main as kvsim
+
+    out = folder / "smollm2-135m_h100.json"
+    code = kvsim(["profile", "--model", "smollm2-135m", "--allow-cpu", "--gpu", "h100", "--kv-dtypes", kv_dtypes,
+                  "--batches", "1,4", "--contexts", "16,64", "--prefill-tokens", "8,32,64",
+                  "--prefill-cached", "0,32", "--warmup", "0", "--reps", "1", "--out", str(out)])
+    assert code == 0, "kvsim profile failed"
+    return out
+
+
+def run_config(args, kv: str, policy: str, trace: Path, gpu: str, max_context: int) -> dict:
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+    from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
+    from kvsim.simulate import Point, model_config, run_point
+
+    engine = EngineOptions(model=args.model, backend="compute", gpu=gpu, kv_mem_gib=args.kv_mem_gib,
+                           max_num_seqs=args.max_num_seqs, random_weights=args.random_weights)
+    point = Point(f"{policy}-{kv}", engine, CacheOptions(policy, kv, args.budget), seed=0,
+                  workload=WorkloadOptions(trace=str(trace), rate_scale=args.rate_scale))
+    recorder = StepRecorder(max_context, ((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)))
+    start = time.perf_counter()
+    compute = run_point(point, on_build=recorder.attach)
+    compute_wall = time.perf_counter() - start
+    analytic = run_point(dataclasses.replace(point, engine=dataclasses.replace(engine, backend="analytic")))
+    cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
+    batch = compute.steps.batch_size
+    e2e = {k: {"compute": compute.summary[k], "analytic": analytic.summary[k],
+               "rel_error": analytic.summary[k] / compute.summary[k] - 1} for k in E2E}
+    return {"kv_dtype": kv, "policy": policy, "budget_tokens": None if policy == "full" else args.budget,
+            "cost_model": cost.source, "compute_cost_note": compute.summary["cost_model"],
+            "requests_completed": {"compute": compute.summary["requests_completed"],
+                                   "analytic": analytic.summary["requests_completed"]},
+            "num_steps": {"compute": len(compute.steps), "analytic": len(analytic.steps)},
+            "preemptions": {"compute": compute.summary["preemptions"], "analytic": analytic.summary["preemptions"]},
+            "batch_size_median": float(batch.median()), "batch_size_max": int(batch.max()),
+            "step_error": step_errors(recorder.records, cost), "e2e": e2e,
+            "wall_s": {"compute": compute_wall, "analytic": analytic.summary["wall_time_s"]}}
+
+
+def print_row(r: dict) -> None:
+    s, e = r["step_error"].get("all", {}), r["e2e"]
+    pct = lambda x: f"{100 * x:+6.1f}%"
+    print(f"{r['kv_dtype']:5s} {r['policy']:9s} {r['num_steps']['compute']:6d} "
+          f"{r['batch_size_median']:5.0f}/{r['batch_size_max']:<4d} "
+          f"{100 * s.get('abs_median', float('nan')):6.1f}% {100 * s.get('abs_p95', float('nan')):6.1f}%  "
+          + " ".join(pct(e[k]["rel_error"]) for k in E2E), flush=True)
+    for kind in ("decode", "mixed", "prefill"):
+        k = r["step_error"].get(kind)
+        if k:
+            print(f"      {kind:8s} {k['steps']:5d} steps: |err| median {100 * k['abs_median']:5.1f}%, "
+                  f"p95 {100 * k['abs_p95']:5.1f}%, signed median {100 * k['signed_median']:+5.1f}%")
+    print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--rate-scale", type=float, default=40.0, help="arrivals this many times faster")
+    parser.add_argument("--kv-dtypes", default="fp16,int8")
+    parser.add_argument("--policies", default="full,streaming")
+    parser.add_argument("--budget", type=int, default=512, help="StreamingLLM's token budget")
+    parser.add_argument("--kv-mem-gib", type=float, default=4.0)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-prompt", type=int, default=None, help="cap prompt tokens (reported)")
+    parser.add_argument("--max-output", type=int, default=None, help="cap output tokens (reported)")
+    parser.add_argument("--profile", default=None, help="profile file to use (else shipped / $KVSIM_PROFILES)")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="start no configuration after this")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="seeded random weights of the model's shape (the same kernels and timings; for a "
+                             "device the real weights cannot reach)")
+    parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
+    args = parser.parse_args()
+    import torch
+
+    from engine.gpus import get_gpu
+    from workloads import DEFAULT_TRACE
+
+    start = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    gpu = get_gpu(torch.cuda.get_device_name()).name if cuda else "h100"
+    work = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else work if args.smoke else RESULTS
+    if args.smoke:
+        args.requests, args.rate_scale, args.kv_mem_gib, args.max_num_seqs = 8, 1000.0, 0.05, 8
+        args.random_weights = True
+        if args.kv_dtypes == "fp16,int8":  # fp16 matmuls crawl on a CPU
+            args.kv_dtypes = "fp32,int8"
+        args.max_prompt, args.max_output = args.max_prompt or 40, args.max_output or 3
+        args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
+    if args.profile:
+        os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
+    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work)
+    import pandas as pd
+
+    rows = pd.read_csv(trace)
+    max_context = int((rows.ContextTokens + rows.GeneratedTokens).max())
+    result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
+              "weights": "random" if args.random_weights else "real", "trace": DEFAULT_TRACE.name,
+              "requests": args.requests, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
+              "max_output_tokens": args.max_output, "kv_mem_gib": args.kv_mem_gib, "max_num_seqs": args.max_num_seqs,
+              "floors": FLOORS, "configs": [], "complete": False}
+    path = out_dir / f"fidelity_{gpu if cuda else 'cpu_smoke'}.json"
+    print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {DEFAULT_TRACE.name} "
+          f"at {args.rate_scale}x, caps prompt {args.max_prompt} / output {args.max_output}; writing {path}")
+    print(f"{'kv':5s} {'policy':9s} {'steps':>6s} {'batch':>10s} {'|err| med':>7s} {'p95':>7s}  "
+          + " ".join(f"{k.replace('_per_s', '/s').replace('_ms', '')[:7]:>7s}" for k in E2E))
+    configs = [(kv, p) for kv in args.kv_dtypes.split(",") for p in args.policies.split(",")]
+    last = 0.0
+    for kv, policy in configs:
+        if time.perf_counter() - start + last > args.budget_s:
+            print(f"budget: {args.budget_s:.0f} s reached; {kv}/{policy} and later not run")
+            break
+        began = time.perf_counter()
+        try:
+            row = run_config(args, kv, policy, trace, gpu, max_context)
+        except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others
+            result["configs"].append({"kv_dtype": kv, "policy": policy, "error": f"{type(e).__name__}: {e}"})
+            print(f"{kv} {policy}: FAILED {type(e).__name__}: {e}", flush=True)
+        else:
+            result["configs"].append(row)
+            print_row(row)
+        last = time.perf_counter() - began
+        result["wall_s"] = time.perf_counter() - start
+        write_json(path, result)
+    result["complete"] = len(result["configs"]) == len(configs) and all("error" not in c for c in result["configs"])
+    result["wall_s"] = time.perf_counter() - start
+    write_json(path, result)
+    print(f"wrote {path} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The calibrated cost model: a step's time from measured tables (a `kvsim profile` file).
+
+Whole steps are measured the way compute mode measures them, so the tables are read directly
+and ops only fill in what whole steps cannot separate. Between grid points every table is
+piecewise linear (exact at the points); past the last point the end segment continues (never
+decreasing), and below the first it goes down to 0 at most.
+
+  pure decode (B sequences, contexts c_i, mean c, longest m):
+      decode_step(B, c) + L * max(0, skew(B, m) - decode_attention(B, c))
+    decode_step is linear in the context, so at a fixed batch it sees only the KV bytes read
+    (the sum); a long sequence in a short batch is bound by its own walk instead (split-K
+    spreads it over the GPU only so far): the skew table is that walk, measured.
+  steps with prefill chunks (n_j new tokens after s_j cached; N tokens in all; S sequences):
+      Lin(N) + L * prefill_attention(n_eq, 0) + sum_j [prefill_step(n_j, s_j) - prefill_step(n_j, 0)]
+      + L * max(decode_rows(B, c), decode_rows(1, m)) + head(S) - head(1) + [B > 0] (a + b * S * N)
+    Lin(N) = prefill_step(N, 0) - L * prefill_attention(N, 0) is a step without its attention;
+    n_eq is the one chunk with as many causal pairs as all chunks (one kernel launch covers them);
+    the context a chunk reads adds what it added to a measured step. One chunk alone is exactly
+    prefill_step. Decode rows in such a step run in the prefill kernel (one program walks a row's
+    whole context: hence its longest row alone bounds it); a and b are fitted to the measured
+    mixed steps (the calibrated sum; see _fit_mixed).
+  swap and block copies: bytes over the measured bandwidths.
+
+That structural sum is then corrected by a small linear law per kind of step (class Correction),
+fitted at load time to the profile's random_steps table: whole steps of seeded random
+compositions (heterogeneous contexts, several chunks) timed as compute mode times them. Uniform
+grid points miss what serving steps pay for: the padded CUDA graph (rows x block-table width:
+host packing, split count), per-chunk work of eager steps. The fitting rows are random
+compositions, never the trace's steps that bench/fidelity.py scores (it leaves out any equal
+one); a profile without the table keeps the structural sum.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from bisect import bisect_right
+from typing import ClassVar
+
+import numpy as np
+
+from engine.config import ModelConfig
+from engine.cost_model import CostModel, StepShape
+from engine.gpus import GPU
+from engine.profile_file import (
+    TABLES,
+    Profile,
+    find_profile,
+    load_profile,
+    padded,
+    row_shape,
+)
+
+
+class Curve:
+    """y(x) piecewise linear through measured points (equal x averaged)."""
+
+    __slots__ = ("slopes", "xs", "ys")
+
+    def __init__(self, xs, ys):
+        points: dict[float, list[float]] = {}
+        for x, y in zip(xs, ys):
+            points.setdefault(float(x), []).append(float(y))
+        self.xs = sorted(points)
+        self.ys = [sum(points[x]) / len(points[x]) for x in self.xs]
+        self.slopes = [(y1 - y0) / (x1 - x0) for x0, x1, y0, y1 in
+                       zip(self.xs, self.xs[1:], self.ys, self.ys[1:])] or [0.0]
+
+    def __call__(self, x: float) -> float:
+        xs, ys = self.xs, self.ys
+        i = bisect_right(xs, x) - 1
+        if i < 0:  # below the grid: the first segment continues down, to 0 at most
+            return max(0.0, ys[0] - max(self.slopes[0], 0.0) * (xs[0] - x))
+        if i >= len(xs) - 1:  # past it: the last segment continues up (flat if it fell)
+            return ys[-1] + max(self.slopes[-1], 0.0) * (x - xs[-1])
+        return ys[i] + self.slopes[i] * (x - xs[i])
+
+
+class Surface:
+    """z(r, x): a Curve over x for every measured r, linear in r between them (rows may cover
+    different x ranges: a large batch fits fewer contexts in memory)."""
+
+    __slots__ = ("rows", "rs")
+
+    def __init__(self, table: dict, row: str, col: str):
+        by_row: dict[float, tuple[list, list]] = {}
+        for r, x, t in zip(table[row], table[col], table["time_s"]):
+            xs, ts = by_row.setdefault(float(r), ([], []))
+            xs.append(x)
+            ts.append(t)
+        self.rs = sorted(by_row)
+        self.rows = [Curve(*by_row[r]) for r in self.rs]
+
+    def __call__(self, r: float, x: float) -> float:
+        rs, rows = self.rs, self.rows
+        if len(rs) == 1:
+            return rows[0](x)
+        i = min(max(bisect_right(rs, r) - 1, 0), len(rs) - 2)
+        z0, z1 = rows[i](x), rows[i + 1](x)
+        slope = (z1 - z0) / (rs[i + 1] - rs[i])
+        if r > rs[-1] or r < rs[0]:
+            slope = max(slope, 0.0)
+        return max(0.0, z0 + slope * (r - rs[i]))
+
+
+def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) -> np.ndarray:
+    """argmin |x w - y| with w >= 0 except at the `free` columns: least squares, then drop the most
+    negative constrained coefficient (to 0) and refit until none is (an active set, without scipy)."""
+    scale = np.linalg.norm(x, axis=0)
+    scale[scale == 0] = 1.0
+    xs, active, w = x / scale, list(range(x.shape[1])), np.zeros(x.shape[1])
+    while active:
+        w[:] = 0.0
+        w[active] = np.linalg.lstsq(xs[:, active], y, rcond=None)[0]
+        negative = [j for j in active if j not in free and w[j] < 0]
+        if not negative:
+            break
+        active.remove(min(negative, key=lambda j: w[j]))
+    return w / scale
+
+
+class Correction:
+    """time = w . features(step), fitted to the random_steps rows, one law a kind of step:
+      decode-only: structural, rows x width x block_size (the CUDA graph's padded batch and block
+        table: the host packs that many ints, the decode kernel's split count follows from it),
+        longest context (its walk), 1
+      with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
+        chunk tokens, decode rows, 1
+    Least squares of the relative error (each row divided by its time: small steps count as much as
+    large ones), coefficients >= 0 but the constant. Without rows (an older profile) or with fewer
+    than MIN_ROWS_PER_FEATURE a feature, the structural prediction is kept unchanged."""
+
+    MIN_ROWS_PER_FEATURE = 3
+    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
+             "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "constant_s")}
+
+    def __init__(self, weights: dict, fitted: set):
+        self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
+
+    @staticmethod
+    def kind(s: StepShape) -> str:
+        return "prefill" if s.prefill_chunks else "decode"
+
+    @staticmethod
+    def features(model: CalibratedCostModel, s: StepShape, structural: float) -> list[float]:
+        b = s.num_decode_seqs
+        if s.prefill_chunks:
+            return [structural, len(s.prefill_chunks), s.num_tokens - b, b, 1.0]
+        rows, width = padded(b, s.decode_max_context, model.block_size, model.buckets, model.min_width)
+        return [structural, rows * width * model.block_size, s.decode_max_context, 1.0]
+
+    @staticmethod
+    def key(s: StepShape) -> tuple:
+        """A composition, whatever order its sequences came in."""
+        return (s.num_decode_seqs, s.decode_context_tokens, s.decode_max_context, tuple(sorted(s.prefill_chunks)))
+
+    @classmethod
+    def fit(cls, model: CalibratedCostModel, table) -> Correction:
+        rows = {kind: ([], []) for kind in cls.NAMES}
+        shapes = []
+        if table and table["time_s"]:
+            for values in zip(*table.values()):
+                shape = row_shape(dict(zip(table, values)))
+                x, y = rows[cls.kind(shape)]
+                x.append(cls.features(model, shape, model.structural(shape)))
+                y.append(values[-1])
+                shapes.append(shape)
+        weights = {}
+        for kind, (x, y) in rows.items():
+            if len(y) >= cls.MIN_ROWS_PER_FEATURE * len(cls.NAMES[kind]):
+                x, y = np.asarray(x), np.asarray(y)
+                weights[kind] = nonnegative_lstsq(x / y[:, None], np.ones(len(y)), free=(x.shape[1] - 1,))
+        return cls(weights, {cls.key(s) for s in shapes})
+
+    def apply(self, model: CalibratedCostModel, s: StepShape, structural: float) -> float:
+        w = self.weights.get(self.kind(s))
+        return structural if w is None else float(np.dot(w, self.features(model, s, structural)))
+
+    def describe(self) -> dict:
+        return {kind: dict(zip(self.NAMES[kind], map(float, w))) for kind, w in self.weights.items()}
+
+
+def _surface(tables: dict, name: str, row: str, col: str) -> Surface | None:
+    table = tables.get(name)
+    return Surface(table, row, col) if table and table["time_s"] else None
+
+
+class CalibratedCostModel:
+    def __init__(self, profile: Profile, kv_dtype: str, roofline: CostModel):
+        """roofline: the same model on the preset GPU, for the host link when none was measured."""
+        t = profile.tables(kv_dtype)
+        self.profile, self.kv_dtype, self.layers = profile, kv_dtype, profile.num_layers
+        self.source = f"calibrated profile {profile.describe()}"
+        self.decode = _surface(t, "decode_step", "batch", "context")
+        self.prefill = _surface(t, "prefill_step", "cached", "tokens")
+        self.prefill_attn = _surface(t, "prefill_attention", "cached", "tokens")
+        self.decode_rows = _surface(t, "prefill_decode_rows", "batch", "context")
+        self.head = Curve(t["lm_head_sample"]["rows"], t["lm_head_sample"]["time_s"])
+        self.attn = _surface(t, "decode_attention", "batch", "context")
+        self.skew = _surface(t, "decode_attention_skew", "batch", "context")
+        if self.attn is None:
+            self.skew = None
+        memory = profile.data.get("memory", {})
+        self.copy_bw = memory.get("copy_bytes_per_s", roofline.bw / 2)  # each byte read and written
+        self.host_bw = memory.get("host_to_device_bytes_per_s", roofline.gpu.host_link_bytes_per_s)
+        self.roofline = roofline
+        self.floor_s = min(t["decode_step"]["time_s"])  # no step is faster than the fastest one measured
+        self.mixed_offset_s, self.mixed_per_pair_s = self._fit_mixed(t.get("mixed_step"))
+        self.block_size = profile.data["block_size"]
+        graph = profile.data.get("settings", {}).get("graph", {})
+        self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
+        self.correction = Correction.fit(self, t.get("random_steps"))
+
+    def _fit_mixed(self, mixed) -> tuple[float, float]:
+        """What measured mixed steps take beyond the sum of their parts: a + b * S * N, S sequences
+        and N tokens (the prefill kernel's grid spans every sequence times every token; the rows
+        past a sequence's own tokens exit at once, but they are launched). b >= 0 by least squares,
+        a the median of what is left."""
+        if not mixed or not mixed["time_s"]:
+            return 0.0, 0.0
+        spans, residuals = [], []
+        for n, cached, b, context, measured in zip(*(mixed[k] for k in TABLES["mixed_step"])):
+            spans.append((1 + b) * (n + b))
+            residuals.append(measured - self._with_prefill(((cached, n),), b, b * context, context, 1 + b))
+        slope = 0.0
+        if len(set(spans)) > 1:
+            mx, mr = statistics.fmean(spans), statistics.fmean(residuals)
+            cov = sum((x - mx) * (r - mr) for x, r in zip(spans, residuals))
+            slope = max(0.0, cov / sum((x - mx) ** 2 for x in spans))
+        return statistics.median(r - slope * x for x, r in zip(spans, residuals)), slope
+
+    def step_time(self, s: StepShape) -> float:
+        if s.num_tokens == 0:
+            return 0.0
+        if not s.prefill_chunks and not s.num_decode_seqs:  # a shape without its composition
+            return self.roofline.step_time(s)
+        t = s.copy_bytes / self.copy_bw + s.swap_bytes / self.host_bw
+        return t + max(self.correction.apply(self, s, self.structural(s)), self.floor_s)
+
+    def structural(self, s: StepShape) -> float:
+        """The step from the grid tables alone (the sum above), before the fitted correction."""
+        b = s.num_decode_seqs
+        if not s.prefill_chunks:
+            mean = s.decode_context_tokens / b
+            step = self.decode(b, mean)
+            if self.skew is not None and s.decode_max_context > mean:
+                step += self.layers * max(0.0, self.skew(b, s.decode_max_context) - self.attn(b, mean))
+            return step
+        num_seqs = len(s.prefill_chunks) + b
+        step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs)
+        if b:
+            step += self.mixed_offset_s + self.mixed_per_pair_s * num_seqs * s.num_tokens
+        return step
+
+    def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int) -> float:
+        """A step with prefill chunks [(cached, new)] and num_decode rows, without the mixed offset."""
+        L, prefill, attn = self.layers, self.prefill, self.prefill_attn
+        n_total = sum(n for _, n in chunks) + num_decode
+        pairs = sum(n * (n + 1) // 2 for _, n in chunks)
+        one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs (one launch)
+        t = prefill(0, n_total) + L * (attn(0, one_chunk) - attn(0, n_total))
+        for cached, n in chunks:
+            if cached:
+                t += prefill(cached, n) - prefill(0, n)
+        if num_decode:
+            t += L * max(self.decode_rows(num_decode, decode_tokens / num_decode), self.decode_rows(1, max_context))
+        return t + self.head(num_seqs) - self.head(1)
+
+
+def calibrated_or_none(model: ModelConfig, gpu: GPU, kv_dtype: str, roofline: CostModel, profile=None):
+    """The calibrated model, or None with roofline.source saying why not (no profile, or one
+    without this KV dtype's tables). A profile of another shape of the same name is an error."""
+    found = load_profile(profile) if profile is not None else find_profile(model.name, gpu.name)
+    if found is None:
+        roofline.source += f"; no {gpu.name} profile of {model.name}"
+        return None
+    found.check_model(model)
+    missing = found.missing(kv_dtype)
+    if missing:
+        roofline.source += f"; profile {found.path.name} lacks {kv_dtype} tables {', '.join(missing)}"
+        return None
+    return CalibratedCostModel(found, kv_dtype, roofline)

@@ -1,0 +1,261 @@
+"""Measure a model on this device: the tables of the calibrated cost model (`kvsim profile`).
+
+Whole steps run as compute mode runs them (ModelRunner.run, its CUDA graphs for decode
+included, then sampling and the tokens back on the host) and are timed as it times them: CUDA
+events around the step. Ops are timed per layer inside a CUDA graph of a few calls, so launch
+gaps do not count. Every point: `warmup` runs, then the median of `reps`. On the CPU (tests
+only) everything is timed with perf_counter. Sections run in order of need (what the cost model
+requires first) and stop adding points at the deadline; the caller writes what was measured.
+The file format is engine/profile_file.py.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import kernels
+from engine.generate import SamplingParams, sample
+from engine.model import LlamaModel
+from engine.runner import ModelRunner, StepInput
+from kvcache.kv_store import PagedKVStore
+from kvcache.sizing import kv_bytes_per_block
+
+GREEDY = SamplingParams()
+OP_TARGET_S = 200e-6  # an op graph holds enough calls to run about this long (launch gaps vanish)
+STORE_MEMORY_FRACTION = 0.55  # of free GPU memory for the KV store (graphs, activations, logits need the rest)
+CPU_STORE_BYTES = 1 << 30
+
+
+def coarse_first(values) -> list:
+    """Both ends, then midpoints, then their midpoints...: a grid cut short still spans its range."""
+    values = sorted(set(values))
+    order, spans = [], [(0, len(values) - 1)]
+    for i in (0, len(values) - 1):
+        if values[i] not in order:
+            order.append(values[i])
+    while spans:
+        lo, hi = spans.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            order.append(values[mid])
+            spans += [(lo, mid), (mid, hi)]
+    return order
+
+
+def every_other(values) -> tuple:
+    values = sorted(values)
+    return tuple(sorted(set(values[::2]) | {values[-1]}))
+
+
+@dataclass(frozen=True)
+class ProfileGrid:
+    batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    contexts: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096, 8192)
+    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    prefill_cached: tuple[int, ...] = (0, 1024, 4096)
+    warmup: int = 2
+    reps: int = 5
+    random_steps: int = 120  # whole steps of random compositions, of each kind (decode-only, with prefill)
+    step_tokens: int = 2048  # the most tokens a random step feeds (the scheduler's max_num_batched_tokens)
+
+    def mixed(self) -> list[tuple[int, int, int, int]]:
+        """(tokens, cached, batch, context) of the mixed steps: mid-grid, not grid corners."""
+        n, b, c, s = self.prefill_tokens, self.batches, self.contexts, self.prefill_cached
+        mid = lambda v, f: v[min(len(v) - 1, int(len(v) * f))]
+        at = [(0.5, 0, 0.4, 0.5), (0.8, 0, 0.75, 0.3), (0.6, 0.5, 0.6, 0.6), (0.3, 0.9, 0.9, 0.2),
+              (0.7, 0.5, 0.7, 0.45)]  # fractions along (tokens, cached, batch, context)
+        return sorted({(mid(n, fn), mid(s, fs) if fs else 0, mid(b, fb), mid(c, fc)) for fn, fs, fb, fc in at})
+
+
+QUICK = ProfileGrid(batches=(1, 4, 16, 64, 256), contexts=(128, 512, 2048, 8192),
+                    prefill_tokens=(16, 64, 256, 1024, 4096), prefill_cached=(0, 4096), reps=3, random_steps=60)
+RANDOM_STEP_REPS = 3  # a random step is one fitting row among hundreds: fewer reps than a grid point
+
+
+def random_compositions(grid: ProfileGrid, rng: np.random.Generator, count: int, min_context: int = 16):
+    """count decode-only and count prefill compositions, alternating (a budget cut keeps both kinds):
+    [(decode contexts [B], chunks ((cached, new), ...))]. As serving's: the batch log-uniform in
+    [1, max batch]; each sequence's context drawn on its own, lognormal about a median that is itself
+    log-uniform (heterogeneous, heavy-tailed), up to the longest grid context; with prefill, 1-6 chunks
+    of log-uniform new tokens (half after a log-uniform cached prefix), a quarter without decode rows,
+    all within grid.step_tokens."""
+    log_uniform = lambda lo, hi: round(math.exp(rng.uniform(math.log(lo), math.log(max(lo, hi)))))
+    top_context, top_batch = max(grid.contexts), max(grid.batches)
+    low = min(min_context, top_context)
+
+    def contexts(b: int) -> list[int]:
+        median = log_uniform(min(64, top_context), max(low, top_context // 4))
+        return np.clip(np.round(median * rng.lognormal(0.0, 0.8, b)), low, top_context).astype(int).tolist()
+
+    out = []
+    for _ in range(count):
+        out.append((contexts(log_uniform(1, top_batch)), ()))
+        b = 0 if rng.random() < 0.25 else log_uniform(1, min(top_batch, grid.step_tokens // 2))
+        chunks, room = [], grid.step_tokens - b
+        for _ in range(int(rng.integers(1, 7))):
+            if room < 1:
+                break
+            n = min(room, log_uniform(min(16, max(grid.prefill_tokens)), max(grid.prefill_tokens)))
+            cached = log_uniform(16, max(grid.prefill_cached)) if max(grid.prefill_cached) and rng.random() < 0.5 else 0
+            chunks.append((cached, n))
+            room -= n
+        out.append((contexts(b) if b else [], tuple(chunks)))
+    return out
+
+
+class Timer:
+    def __init__(self, device: torch.device, warmup: int, reps: int):
+        self.cuda, self.warmup, self.reps = device.type == "cuda", warmup, reps
+
+    def _median(self, fn, calls: int = 1, reps: int | None = None) -> float:
+        times = []
+        for _ in range(reps or self.reps):
+            if self.cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end) / 1e3)
+            else:
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+        return statistics.median(times) / calls
+
+    def step(self, fn) -> float:
+        """A whole step as compute mode times it: the GPU idle before it, events around it."""
+        for _ in range(self.warmup):
+            fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return self._median(fn)
+
+    def op(self, fn) -> float:
+        """One call of a GPU op, replayed from a CUDA graph of enough calls to hide launches."""
+        for _ in range(max(self.warmup, 1)):
+            fn()
+        if not self.cuda:
+            return self._median(fn)
+        calls = max(1, min(16, math.ceil(OP_TARGET_S / max(self._median(fn, reps=1), 1e-6))))
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(calls):
+                    fn()
+        except Exception as e:  # noqa: BLE001 - not capturable: eager calls back to back
+            torch.cuda.synchronize()
+            print(f"kvsim profile: graph capture failed ({e}); timing eagerly", file=sys.stderr)
+            return self._median(lambda: [fn() for _ in range(calls)], calls)
+        graph.replay()
+        return self._median(graph.replay, calls)
+
+
+@dataclass
+class Section:
+    """A table being measured: its columns, and what was skipped and why."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: dict = field(default_factory=dict)
+    skipped: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.rows = {c: [] for c in self.columns}
+
+    def skip(self, why: str) -> None:
+        self.skipped[why] = self.skipped.get(why, 0) + 1
+
+
+class StepBench:
+    """One model, one KV dtype: a paged store sized for the grid, the runner, inputs of any step."""
+
+    def __init__(self, model: LlamaModel, kv_dtype: str, block_size: int, want_blocks: int):
+        cfg, self.model = model.config, model
+        self.device = model.embed_tokens.weight.device
+        self.dtype = model.embed_tokens.weight.dtype
+        block_bytes = kv_bytes_per_block(cfg, kv_dtype, block_size)
+        room = (torch.cuda.mem_get_info(self.device)[0] * STORE_MEMORY_FRACTION if self.device.type == "cuda"
+                else CPU_STORE_BYTES)
+        self.num_blocks = max(1, min(want_blocks, int(room // block_bytes)))
+        self.block_size, self.cfg = block_size, cfg
+        self.store = PagedKVStore(cfg.num_layers, self.num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
+                                  dtype=kv_dtype, device=self.device)
+        self.runner = ModelRunner(model, self.store)
+        self.sampler = torch.Generator().manual_seed(0)
+        self.ids = torch.Generator().manual_seed(1)
+        self.scale = cfg.head_dim ** -0.5
+
+    def blocks(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def fits(self, seq_lens: list[int]) -> bool:
+        return (sum(self.blocks(n) for n in seq_lens) <= self.num_blocks
+                and max(seq_lens) <= self.model.max_positions)
+
+    def inputs(self, seq_lens: list[int], new: list[int]) -> list[StepInput]:
+        """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order."""
+        out, first, bs = [], 0, self.block_size
+        for length, n in zip(seq_lens, new):
+            table = list(range(first, first + self.blocks(length)))
+            first += len(table)
+            start = length - n
+            ids = torch.randint(0, self.cfg.vocab_size, (n,), generator=self.ids).tolist()
+            slots = [table[p // bs] * bs + p % bs for p in range(start, length)]
+            out.append(StepInput(ids, start, slots, table, length))
+        return out
+
+    def step(self, batch: list[StepInput]):
+        return lambda: sample(self.runner.run(batch), GREEDY, self.sampler).tolist()
+
+    def tensors(self, seq_lens: list[int]):
+        """(block_tables [B, max_blocks] int32, seq_lens [B] int32) for op calls."""
+        tables = [s.block_table for s in self.inputs(seq_lens, [1] * len(seq_lens))]
+        width = max(len(t) for t in tables)
+        bt = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=self.device)
+        return bt, torch.tensor(seq_lens, dtype=torch.int32, device=self.device)
+
+    def randn(self, *shape):
+        return torch.randn(*shape, dtype=self.dtype, device=self.device)
+
+    # ---- ops (one layer) ---------------------------------------------------------------------
+    def decode_attention(self, seq_lens: list[int]):
+        k, v, scales = self.store.layer(0)
+        q = self.randn(len(seq_lens), self.cfg.num_heads, self.cfg.head_dim)  # [B, Hq, D]
+        bt, sl = self.tensors(seq_lens)
+        return lambda: kernels.paged_decode_attention(q, k, v, bt, sl, self.scale, kv_scales=scales)
+
+    def prefill_attention(self, seq_lens: list[int], new: list[int]):
+        k, v, scales = self.store.layer(0)
+        q = self.randn(sum(new), self.cfg.num_heads, self.cfg.head_dim)  # [T, Hq, D]
+        bt, sl = self.tensors(seq_lens)
+        cu = torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()], dtype=torch.int32, device=self.device)
+        return lambda: kernels.paged_prefill_attention(q, k, v, bt, cu, sl, self.scale, kv_scales=scales)
+
+    def write_kv(self, tokens: int):
+        k = self.randn(tokens, self.cfg.num_kv_heads, self.cfg.head_dim)  # [T, Hkv, D]
+        v = self.randn(tokens, self.cfg.num_kv_heads, self.cfg.head_dim)
+        slots = torch.arange(tokens, device=self.device)
+        return lambda: self.store.write(0, k, v, slots)
+
+    def linear(self, tokens: int):
+        """The GEMMs of one Llama layer over `tokens` rows: QKV, O, gate-up, down."""
+        c = self.cfg
+        qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        shapes = [(qkv, c.hidden_size), (c.hidden_size, c.num_heads * c.head_dim),
+                  (2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]
+        pairs = [(self.randn(tokens, k), self.randn(n, k)) for n, k in shapes]
+        return lambda: [F.linear(x, w) for x, w in pairs]
+
+    def lm_head_sample(self, rows: int):
+        h = self.randn(rows, self.cfg.hidden_size)
+        return lambda: sample(self.model.lm_head(self.model.norm(h)).float(), GREEDY, self.sampler).tolist()

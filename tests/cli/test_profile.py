@@ -1,0 +1,128 @@
+"""`kvsim profile` on the CPU (--allow-cpu, a tiny random model, a tiny grid): the file it writes,
+what the cost model makes of it, the budget guard, and the refusal without a GPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import kvsim, kvsim_json
+
+from engine.calibrated import CalibratedCostModel
+from engine.cost_model import CostModel, cost_model_for
+from engine.gpus import get_gpu
+from engine.profile import ProfileGrid
+from engine.profile_file import SHAPE_FIELDS, TABLES, load_profile
+from kvsim.cli import main
+from kvsim.commands.profile import model_shape
+
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 2048}
+GRID = {"batches": (1, 2, 4), "contexts": (16, 48), "prefill_tokens": (8, 32), "prefill_cached": (0, 32)}
+ARGS = ["--allow-cpu", "--gpu", "h100", "--batches", "1,2,4", "--contexts", "16,48", "--prefill-tokens", "8,32",
+        "--prefill-cached", "0,32", "--warmup", "0", "--reps", "1"]
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="these check the CPU-only path")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def measured(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile") / "tiny_h100.json"
+    done = kvsim("profile", "--model", tiny, "--kv-dtypes", "fp32,int8", *ARGS, "--out", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out}" in done.stdout and "fp32: calibrated" in done.stderr
+    return out
+
+
+def points(table: dict) -> set:
+    return set(zip(*(table[c] for c in table if c != "time_s")))
+
+
+@no_gpu
+def test_file_records_device_versions_shape_and_grid(measured, tiny):
+    profile = load_profile(measured)  # validates the whole structure
+    data, cfg = profile.data, model_shape(str(tiny))
+    assert (data["gpu"], data["timer"], data["block_size"]) == ("h100", "perf_counter", 16)
+    assert data["device_name"].startswith("cpu") and data["versions"]["torch"] == torch.__version__
+    assert data["model"] == {"name": "tiny", **{f: getattr(cfg, f) for f in SHAPE_FIELDS}}
+    assert data["settings"]["grid"]["batches"] == [1, 2, 4] and data["memory"]["copy_bytes_per_s"] > 0
+    grid = ProfileGrid(**GRID)
+    for kv in ("fp32", "int8"):
+        tables = profile.tables(kv)
+        assert set(TABLES) - {"decode_overhead"} <= set(tables) and profile.missing(kv) == []
+        assert points(tables["decode_step"]) == {(b, c) for b in (1, 2, 4) for c in (16, 48)}
+        assert points(tables["prefill_step"]) == {(n, s) for n in (8, 32) for s in (0, 32)}
+        assert points(tables["mixed_step"]) == set(grid.mixed())
+        assert points(tables["decode_attention_skew"]) == {(b, 48) for b in (2, 4)}
+        assert points(tables["lm_head_sample"]) == {(1,), (2,), (4,)}
+        random = tables["random_steps"]  # 2 decode-only and 2 with prefill on the CPU, seeded
+        assert len(random["time_s"]) == 4 and sum(c > 0 for c in random["chunks"]) == 2
+        assert max(random["batch"]) <= 4 and max(random["context_max"]) <= 48
+        assert all(n + b <= 2048 for n, b in zip(random["chunk_tokens"], random["batch"]))
+        assert all(t > 0 for name, table in tables.items() if name != "decode_overhead" for t in table["time_s"])
+    assert data["kv_dtypes"]["int8"]["kv_bytes_per_token"] < data["kv_dtypes"]["fp32"]["kv_bytes_per_token"]
+
+
+@no_gpu
+def test_cost_model_reads_the_measured_profile(measured, tiny):
+    cfg = model_shape(str(tiny))
+    cost = cost_model_for(cfg, get_gpu("h100"), "fp32", profile=measured)
+    assert isinstance(cost, CalibratedCostModel) and cost.source.startswith("calibrated profile tiny_h100.json (cpu")
+    from engine.cost_model import StepShape
+
+    table = load_profile(measured).tables("fp32")
+    assert cost.correction.weights == {}  # 2 random steps a kind are too few to fit: the sum is kept
+    for b, c, t in zip(*table["decode_step"].values()):  # exact where measured (floored at the fastest)
+        shape = StepShape(b, b, b * c, num_decode_seqs=b, decode_max_context=c)
+        assert cost.step_time(shape) == pytest.approx(max(t, cost.floor_s), rel=1e-9)
+        assert cost.structural(shape) == pytest.approx(t, rel=1e-9)
+    for n, s, t in zip(*table["prefill_step"].values()):
+        shape = StepShape(n, 1, prefill_chunks=((s, n),))
+        assert cost.step_time(shape) == pytest.approx(max(t, cost.floor_s), rel=1e-9)
+    fp16 = cost_model_for(cfg, get_gpu("h100"), "fp16", profile=measured)  # not profiled
+    assert type(fp16) is CostModel and "lacks fp16 tables" in fp16.source
+
+
+@no_gpu
+def test_budget_stops_adding_points_and_still_writes(tiny, tmp_path, capsys):
+    out = tmp_path / "cut.json"
+    assert main(["profile", "--model", str(tiny), "--kv-dtypes", "fp32", *ARGS, "--budget-s", "0.001",
+                 "--out", str(out)]) == 0
+    assert "fp32: lacks decode_step" in capsys.readouterr().err
+    entry = json.loads(out.read_text())["kv_dtypes"]["fp32"]
+    assert entry["tables"] == {} and entry["skipped"]["decode_step"] == {"budget": 6}
+    cost = cost_model_for(model_shape(str(tiny)), get_gpu("h100"), "fp32", profile=out)
+    assert type(cost) is CostModel and "lacks fp32 tables decode_step" in cost.source
+
+
+@no_gpu
+@pytest.mark.parametrize("args, fragments", [
+    ([], ["no CUDA GPU is present", "--allow-cpu"]),
+    (["--allow-cpu"], ["--gpu: name the GPU preset"]),
+    (["--allow-cpu", "--gpu", "tpu"], ["--gpu: 'tpu' is not one of"]),
+    (["--allow-cpu", "--gpu", "h100", "--batches", "0"], ["--batches: must be >= 1"]),
+])
+def test_refusals_are_one_line(tiny, args, fragments, capsys):
+    assert main(["profile", "--model", str(tiny), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kvsim: error: ")
+    assert all(f in err[0] for f in fragments), err[0]
+
+
+def test_replay_reports_the_calibrated_profile(tmp_path):
+    from tests.engine.test_cost_model import write_profile
+
+    path = write_profile(tmp_path)  # synthetic tables for smollm2-135m on the h100
+    args = ["replay", "--max-requests", "30", "--rate-scale", "20", "--kv-mem-gib", "0.05", "--no-progress",
+            "--no-report", "--out", tmp_path / "run"]
+    record = kvsim_json(*args, env={"KVSIM_PROFILES": str(path)})
+    assert record["cost_model"] == "calibrated profile smollm2-135m_h100.json (synthetic (test), 2026-01-01)"
+    # the synthetic decode steps take 1 ms + 2 us a sequence + 0.3 ns a token read: no TPOT is shorter
+    assert 1.0 <= record["tpot_ms_p50"] < 1.5

@@ -1,0 +1,347 @@
+"""The calibrated cost model and its profile files: interpolation, composition, fallback, errors.
+
+Synthetic profiles here are tables of known functions (so every prediction has an exact expected
+value); tests/cli/test_profile.py measures a real one on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.calibrated import CalibratedCostModel, Correction, Curve
+from engine.config import PRESETS
+from engine.cost_model import CostModel, StepShape, cost_model_for
+from engine.gpus import get_gpu
+from engine.profile_file import (
+    FORMAT,
+    SHAPE_FIELDS,
+    VERSION,
+    ProfileError,
+    find_profile,
+    load_profile,
+)
+
+MODEL = PRESETS["smollm2-135m"]
+H100 = get_gpu("h100")
+BATCHES, CONTEXTS = (1, 2, 4, 8, 16, 32), (128, 256, 512, 1024, 2048)
+TOKENS, CACHED = (16, 32, 64, 128, 256, 1024), (0, 1024, 4096)
+MIXED = [(256, 0, 8, 512), (64, 1024, 16, 256), (1024, 0, 4, 1024)]
+
+
+# known functions, in seconds (bilinear ones are reproduced exactly by the interpolation)
+def decode_step(b, c):
+    return 1e-3 + 2e-6 * b + 3e-10 * b * c
+
+
+def prefill_step(n, s):
+    return 2e-3 + 1e-6 * n + 2e-11 * n * s
+
+
+def prefill_attention(n, s):  # per layer; causal: n * s + n^2 / 2 pairs
+    return 1e-6 + 1e-12 * (n * s + n * n / 2)
+
+
+def decode_rows(b, c):  # one program walks a row: a lone long row is slow
+    return 2e-6 + 1e-10 * c + 5e-11 * b * c
+
+
+def decode_attention(b, c):
+    return 1e-6 + 1e-11 * b * c
+
+
+def skew(b, c):  # one long sequence among short ones: its own walk
+    return 1e-6 + 1e-10 * c
+
+
+def head(r):
+    return 1e-5 + 1e-7 * r
+
+
+def _table(fn, *axes, names):
+    points = [(a, b) for a in axes[0] for b in axes[1]] if len(axes) == 2 else [(a,) for a in axes[0]]
+    cols = {name: [p[i] for p in points] for i, name in enumerate(names)}
+    cols["time_s"] = [fn(*p) for p in points]
+    return cols
+
+
+def profile_data(model=MODEL, gpu="h100", kv_dtypes=("fp16",), mixed_times=None) -> dict:
+    tables = {
+        "decode_step": _table(decode_step, BATCHES, CONTEXTS, names=("batch", "context")),
+        "prefill_step": _table(prefill_step, TOKENS, CACHED, names=("tokens", "cached")),
+        "prefill_attention": _table(prefill_attention, TOKENS, CACHED, names=("tokens", "cached")),
+        "prefill_decode_rows": _table(decode_rows, BATCHES, CONTEXTS, names=("batch", "context")),
+        "decode_attention": _table(decode_attention, BATCHES, CONTEXTS, names=("batch", "context")),
+        "decode_attention_skew": _table(skew, BATCHES[1:], CONTEXTS, names=("batch", "context")),
+        "lm_head_sample": _table(head, BATCHES, names=("rows",)),
+    }
+    if mixed_times:
+        tables["mixed_step"] = {"tokens": [m[0] for m in MIXED], "cached": [m[1] for m in MIXED],
+                                "batch": [m[2] for m in MIXED], "context": [m[3] for m in MIXED],
+                                "time_s": mixed_times}
+    return {"format": FORMAT, "version": VERSION, "gpu": gpu, "device_name": "synthetic (test)", "timer": "none",
+            "date": "2026-01-01T00:00:00+00:00", "block_size": 16,
+            "model": {"name": model.name, **{f: getattr(model, f) for f in SHAPE_FIELDS}},
+            "memory": {"copy_bytes_per_s": 1e12, "host_to_device_bytes_per_s": 5e10},
+            "kv_dtypes": {kv: {"tables": tables} for kv in kv_dtypes}}
+
+
+def write_profile(folder, data=None, name=None):
+    data = data or profile_data()
+    path = folder / (name or f"{data['model']['name']}_{data['gpu']}.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def calibrated(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path)))
+    cost = cost_model_for(MODEL, H100, "fp16")
+    assert isinstance(cost, CalibratedCostModel)
+    return cost
+
+
+def decode(contexts) -> StepShape:
+    b = len(contexts)
+    return StepShape(b, b, sum(contexts), num_decode_seqs=b, decode_max_context=max(contexts))
+
+
+def prefill(chunks, decode_contexts=()) -> StepShape:
+    b = len(decode_contexts)
+    return StepShape(sum(n for _, n in chunks) + b, len(chunks) + b, sum(decode_contexts), num_decode_seqs=b,
+                     decode_max_context=max(decode_contexts, default=0), prefill_chunks=tuple(chunks))
+
+
+def test_exact_at_grid_points(calibrated):
+    for b in BATCHES:
+        for c in CONTEXTS:
+            assert calibrated.step_time(decode([c] * b)) == pytest.approx(decode_step(b, c), rel=1e-12)
+    for n in TOKENS:
+        for s in CACHED:
+            assert calibrated.step_time(prefill([(s, n)])) == pytest.approx(prefill_step(n, s), rel=1e-12)
+
+
+def test_between_grid_points_bilinear_is_exact_and_monotone(calibrated):
+    # decode_step is bilinear in (batch, context): interpolation reproduces it off the grid too
+    for b, c in [(3, 300), (5, 700), (24, 1500), (12, 129)]:
+        assert calibrated.step_time(decode([c] * b)) == pytest.approx(decode_step(b, c), rel=1e-9)
+    times = [calibrated.step_time(decode([c] * 6)) for c in range(256, 513, 16)]
+    assert times == sorted(times) and times[0] < times[-1]
+    # prefill attention is quadratic in n: between points the chord lies within its neighbours
+    low, high = prefill_step(64, 0), prefill_step(256, 0)
+    between = [calibrated.step_time(prefill([(0, n)])) for n in range(64, 257, 32)]
+    assert between == sorted(between) and low <= min(between) and max(between) <= high
+
+
+def test_extrapolation(calibrated):
+    # past the grid: the end segments continue (linear functions stay exact)
+    assert calibrated.step_time(decode([8192] * 32)) == pytest.approx(decode_step(32, 8192), rel=1e-9)
+    assert calibrated.step_time(decode([1024] * 64)) == pytest.approx(decode_step(64, 1024), rel=1e-9)
+    assert calibrated.step_time(prefill([(8192, 1024)])) == pytest.approx(prefill_step(1024, 8192), rel=1e-9)
+    # below it: down along the first segment, never below zero or the fastest measured step
+    short = calibrated.step_time(decode([16]))
+    assert decode_step(1, 128) * 0.99 <= short <= decode_step(1, 128)
+    # a segment that falls is not continued downwards, and nothing goes below 0
+    curve = Curve([1, 2, 3], [1.0, 3.0, 2.0])
+    assert curve(10) == 2.0 and curve(0) == 0.0 and curve(2.5) == 2.5
+    assert Curve([1, 1, 2], [1.0, 3.0, 4.0])(1) == 2.0  # repeated points are averaged
+
+
+def test_each_decode_sequence_counts_not_the_mean(calibrated):
+    uniform = calibrated.step_time(decode([512] * 4))
+    # the same KV bytes (mean 512) with one long sequence: its own walk (the skew table) bounds the step
+    skewed = calibrated.step_time(decode([1952, 32, 32, 32]))
+    expected = decode_step(4, 512) + MODEL.num_layers * (skew(4, 1952) - decode_attention(4, 512))
+    assert skewed == pytest.approx(expected, rel=1e-9) and skewed > uniform
+    # when the batch's bytes dominate, the longest sequence adds nothing: the sum decides
+    wide = [2048] + [2000] * 31
+    assert calibrated.step_time(decode(wide)) == pytest.approx(decode_step(32, sum(wide) / 32), rel=1e-9)
+
+
+def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monkeypatch):
+    layers = MODEL.num_layers
+    # two chunks: the linear part of all their tokens, one attention launch over their causal pairs
+    # (64 + 64 tokens: 2080 * 2 pairs, as one chunk of 90.72 tokens), the context the second reads
+    two = calibrated.step_time(prefill([(0, 64), (1024, 64)]))
+    n_eq = ((8 * 2 * 2080 + 1) ** 0.5 - 1) / 2
+    attn_eq = prefill_attention(64, 0) + (n_eq - 64) / 64 * (prefill_attention(128, 0) - prefill_attention(64, 0))
+    context = prefill_step(64, 1024) - prefill_step(64, 0)
+    assert two == pytest.approx(prefill_step(128, 0) + layers * (attn_eq - prefill_attention(128, 0)) + context
+                                + head(2) - head(1), rel=1e-9)
+    assert two < prefill_step(128, 0) + context + head(2) - head(1)  # fewer pairs than one chunk of 128
+    # measured mixed steps: what they take over the sum of their parts is a + b * sequences * tokens
+    mixed = [prefill([(s, n)], [c] * b) for n, s, b, c in MIXED]
+    spans = [(1 + b) * (n + b) for n, s, b, c in MIXED]
+    sums = [calibrated.step_time(shape) for shape in mixed]  # this profile has no mixed steps
+    assert (calibrated.mixed_offset_s, calibrated.mixed_per_pair_s) == (0, 0)
+    measured = [t + 3e-4 + 2e-9 * x for t, x in zip(sums, spans)]
+    fitted = with_mixed(tmp_path, monkeypatch, measured)
+    assert (fitted.mixed_offset_s, fitted.mixed_per_pair_s) == (pytest.approx(3e-4), pytest.approx(2e-9))
+    assert [fitted.step_time(shape) for shape in mixed] == pytest.approx(measured)
+    bigger = prefill([(0, 1500)], [700] * 100)
+    assert fitted.step_time(bigger) == pytest.approx(calibrated.step_time(bigger) + 3e-4 + 2e-9 * 101 * 1600)
+    assert fitted.step_time(prefill([(0, 64), (1024, 64)])) == pytest.approx(two, rel=1e-12)  # no decode rows
+    # an excess that falls with size fits no slope: the median excess is added
+    falling = with_mixed(tmp_path, monkeypatch, [t + extra for t, extra in zip(sums, [5e-4, 1e-4, 2e-4])])
+    assert (falling.mixed_offset_s, falling.mixed_per_pair_s) == (pytest.approx(2e-4), 0)
+    # a decode row in the prefill kernel: one long row alone bounds the rows' attention
+    few = [calibrated.step_time(prefill([(0, 256)], [c] * 3 + [4000])) for c in (100, 200)]
+    assert few[0] == pytest.approx(few[1], rel=1e-12)
+
+
+def with_mixed(tmp_path, monkeypatch, times) -> CalibratedCostModel:
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, profile_data(mixed_times=times))))
+    return cost_model_for(MODEL, H100, "fp16")
+
+
+def test_swap_and_copies_use_measured_bandwidths(calibrated):
+    base = calibrated.step_time(decode([512] * 4))
+    moved = StepShape(4, 4, 2048, swap_bytes=10**9, copy_bytes=10**9, num_decode_seqs=4, decode_max_context=512)
+    assert calibrated.step_time(moved) == pytest.approx(base + 1e9 / 5e10 + 1e9 / 1e12, rel=1e-9)
+
+
+def test_fallback_to_roofline(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.profile_file.shipped_dir", lambda: tmp_path / "shipped")  # none shipped
+    monkeypatch.setenv("KVSIM_PROFILES", str(tmp_path))  # an empty folder
+    cost = cost_model_for(MODEL, H100, "fp16")
+    assert type(cost) is CostModel and "h100 roofline" in cost.source and "no h100 profile" in cost.source
+    write_profile(tmp_path)
+    assert isinstance(cost_model_for(MODEL, H100, "fp16"), CalibratedCostModel)
+    other_gpu = cost_model_for(MODEL, get_gpu("a100"), "fp16")  # only h100 was profiled
+    assert type(other_gpu) is CostModel and other_gpu.source.startswith("a100 roofline")
+    int8 = cost_model_for(MODEL, H100, "int8")  # a KV dtype the profile lacks
+    assert type(int8) is CostModel and "lacks int8 tables" in int8.source
+    data = profile_data()
+    del data["kv_dtypes"]["fp16"]["tables"]["prefill_attention"]  # cut short by its time budget
+    write_profile(tmp_path, data)
+    cut = cost_model_for(MODEL, H100, "fp16")
+    assert type(cut) is CostModel and "prefill_attention" in cut.source
+
+
+def test_profiles_are_found_by_model_and_gpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("engine.profile_file.shipped_dir", lambda: tmp_path / "shipped")  # none shipped
+    path = write_profile(tmp_path, name="anything.json")
+    monkeypatch.setenv("KVSIM_PROFILES", str(path))  # a file is used when its model and GPU match
+    assert find_profile(MODEL.name, "h100").path == path
+    assert find_profile(MODEL.name, "h200") is None and find_profile("llama-3.1-8b", "h100") is None
+    monkeypatch.setenv("KVSIM_PROFILES", str(tmp_path / "missing"))
+    with pytest.raises(ProfileError, match="missing: no such file or folder"):
+        find_profile(MODEL.name, "h100")
+    monkeypatch.setenv("KVSIM_PROFILES", str(tmp_path))  # a folder: <model>_<gpu>.json in it
+    write_profile(tmp_path)
+    source = cost_model_for(MODEL, H100, "fp16").source
+    assert source == "calibrated profile smollm2-135m_h100.json (synthetic (test), 2026-01-01)"
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d.update(format="other"), "field format"),
+    (lambda d: d.update(version=99), "field version"),
+    (lambda d: d.pop("gpu"), "field gpu: missing"),
+    (lambda d: d["model"].update(num_layers="30"), "field model.num_layers: expected int"),
+    (lambda d: d["kv_dtypes"]["fp16"]["tables"]["decode_step"]["time_s"].pop(), "decode_step: columns"),
+    (lambda d: d["kv_dtypes"]["fp16"]["tables"]["prefill_step"]["time_s"].__setitem__(2, -1.0),
+     "kv_dtypes.fp16.tables.prefill_step.time_s[2]"),
+    (lambda d: d["kv_dtypes"]["fp16"]["tables"].update(bogus={}), "tables.bogus: unknown table"),
+    (lambda d: d["kv_dtypes"]["fp16"]["tables"]["lm_head_sample"].pop("rows"), "lm_head_sample.rows: missing"),
+])
+def test_malformed_profile_names_file_and_field(tmp_path, edit, field):
+    data = profile_data()
+    edit(data)
+    path = write_profile(tmp_path, data, name="bad.json")
+    with pytest.raises(ProfileError) as error:
+        load_profile(path)
+    assert str(path) in str(error.value) and field in str(error.value)
+
+
+def test_unreadable_or_mismatched_profile(tmp_path, monkeypatch):
+    path = tmp_path / "broken.json"
+    path.write_text('{"format": ')
+    with pytest.raises(ProfileError, match=r"broken.json: invalid JSON at line 1"):
+        load_profile(path)
+    # same name, another shape: an error, not a silent fallback
+    data = profile_data()
+    data["model"]["num_layers"] = 12
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, data)))
+    with pytest.raises(ProfileError, match=r"smollm2-135m_h100.json: field model.num_layers is 12, but model "
+                                           r"'smollm2-135m' has 30"):
+        cost_model_for(MODEL, H100, "fp16")
+
+
+def test_analytic_simulation_uses_the_profile_and_fast_path_agrees(tmp_path, monkeypatch):
+    from scheduler.build import analytic_simulation
+    from scheduler.request import Request
+
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path)))
+    requests = [Request(i, 0.001 * i, 100 + 300 * (i % 4), 40 + 7 * i) for i in range(12)]
+
+    def run(max_decode_run):
+        sim = analytic_simulation(MODEL, "h100", "fp16", num_blocks=4000, max_decode_run=max_decode_run)
+        sim.add_trace(requests)
+        return sim, sim.run()
+
+    sim, fast = run(256)
+    assert isinstance(sim.backend.cost, CalibratedCostModel)
+    _, slow = run(1)
+    assert fast.steps.duration_s.tolist() == pytest.approx(slow.steps.duration_s.tolist(), rel=1e-12)
+    # a decode step with every sequence at one grid context takes exactly the table's time
+    assert fast.steps.duration_s.min() >= decode_step(1, 128)
+
+
+# random_steps: whole steps of random compositions, generated here from a known linear law over the
+# structural prediction; the fitted correction must recover the law on compositions it never saw
+GRAPH = {"batch_buckets": [1, 2, 4, 8, 16, 32, 48, 64], "min_width_blocks": 16}
+
+
+def law(cost, shape) -> float:
+    from engine.profile_file import padded
+
+    structural, b = cost.structural(shape), shape.num_decode_seqs
+    if shape.prefill_chunks:
+        return 1.2 * structural + 1e-3 * len(shape.prefill_chunks) + 1e-6 * (shape.num_tokens - b) + 2e-6 * b + 5e-4
+    rows, width = padded(b, shape.decode_max_context, 16, GRAPH["batch_buckets"], GRAPH["min_width_blocks"])
+    return 1.1 * structural + 2e-10 * rows * width * 16 + 3e-4
+
+
+def random_shapes(seed: int, count: int) -> list[StepShape]:
+    import numpy as np
+
+    from engine.profile import ProfileGrid, random_compositions
+    from engine.profile_file import composition
+
+    grid = ProfileGrid(batches=BATCHES, contexts=CONTEXTS, prefill_tokens=TOKENS, prefill_cached=CACHED)
+    return [composition([sum(c), max(c, default=0)], len(c), chunks)
+            for c, chunks in random_compositions(grid, np.random.default_rng(seed), count)]
+
+
+def test_random_steps_fit_recovers_a_linear_law(tmp_path, monkeypatch):
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, data)))
+    structural = cost_model_for(MODEL, H100, "fp16")  # no random_steps: the structural sum, unchanged
+    assert structural.correction.weights == {}
+    fit_shapes = random_shapes(seed=1, count=40)
+    rows = [(*step_row(s, 16, GRAPH["batch_buckets"], 16), law(structural, s)) for s in fit_shapes]
+    data["kv_dtypes"]["fp16"]["tables"]["random_steps"] = dict(zip(TABLES["random_steps"], map(list, zip(*rows))))
+    fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="fitted.json"))
+    assert set(fitted.correction.weights) == {"decode", "prefill"}
+    assert fitted.correction.describe()["decode"]["structural"] == pytest.approx(1.1, rel=0.01)
+    new = [s for s in random_shapes(seed=2, count=40) if Correction.key(s) not in fitted.correction.fitted]
+    assert len(new) == 80
+    for shape in new:  # compositions never fitted to
+        assert fitted.step_time(shape) == pytest.approx(max(law(structural, shape), fitted.floor_s), rel=0.01)
+    assert all(Correction.key(s) in fitted.correction.fitted for s in fit_shapes)
+
+
+def test_nonnegative_lstsq_drops_what_would_go_negative():
+    import numpy as np
+
+    from engine.calibrated import nonnegative_lstsq
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.uniform(1, 2, 50), rng.uniform(0, 1, 50), np.ones(50)])
+    y = 2 * x[:, 0] - 0.5 * x[:, 1] + 3  # the second feature would take a negative weight
+    w = nonnegative_lstsq(x, y, free=(2,))
+    assert w[1] == 0 and w[0] > 0
+    assert np.allclose(nonnegative_lstsq(x, 2 * x[:, 0] + 0.5 * x[:, 1] - 1, free=(2,)), [2, 0.5, -1])
