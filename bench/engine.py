@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -164,12 +165,6 @@ class Timer:
             self.end.synchronize()
             return self.begin.elapsed_time(self.end)
         return self.ms
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 # ---------------------------------------------------------------- models
@@ -323,10 +318,10 @@ def decode_row(runner: ModelRunner, store: PagedKVStore, loaded: LoadedModel, s:
         check = {"graph_vs_eager_max_abs": (graph_logits - eager_logits).abs().max().item(),
                  "graph_vs_eager_max_logit": eager_logits.abs().max().item(),
                  "graph_vs_eager_argmax_agree": (graph_logits.argmax(-1) == eager_logits.argmax(-1)).float().mean().item()}
-    step = median(step_ms)
-    return {"step_ms": step, "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "host_ms": median(host_ms),
+    step = statistics.median(step_ms)
+    return {"step_ms": step, "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "host_ms": statistics.median(host_ms),
             "pipelined_ms": pipelined_ms, "pipelined_host_ms": pipelined_host_ms, "first_step_ms": first_ms,
-            "tok_s": batch / step * 1e3, "host_tok_s": batch / median(host_ms) * 1e3,
+            "tok_s": batch / step * 1e3, "host_tok_s": batch / statistics.median(host_ms) * 1e3,
             "steps_timed": len(step_ms), "mean_seq_len": mean_seq_len,
             "kv_bytes_read": batch * mean_seq_len * store.bytes_per_token, **check}
 

@@ -45,6 +45,7 @@ import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
 import kernels  # noqa: E402
+from bench.common import copy_bandwidth  # noqa: E402
 from kernels import decode_config  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels._dispatch import num_sms, triton_module  # noqa: E402
@@ -184,13 +185,6 @@ def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16",
 
 
 # ---------------------------------------------------------------- 2-3. bandwidth and decode timings
-def copy_bandwidth() -> dict:
-    src = torch.randn(256 * 2**20, device=DEV, dtype=torch.float32)  # 1 GiB
-    dst = torch.empty_like(src)
-    t = ms(lambda: dst.copy_(src))
-    return {"bytes_moved": 2 * src.numel() * 4, "ms": t, "gb_per_s": 2 * src.numel() * 4 / t / 1e6}
-
-
 def gpu_ms(fns) -> float:
     """GPU time of one call: the calls captured in a CUDA graph (no host overhead), replayed;
     fns rotate over input copies that together overflow the L2, so small shapes read HBM too."""
@@ -615,7 +609,7 @@ def main() -> None:
         mod.INT8_CONVERT = next((m for m in TUNE_INT8_MODES if INT8_MODES_OK[m]), "i2f")
     result["correctness"] = check_correctness(names=("fp16", "bf16", "fp8"))
     save("correctness")
-    result["copy"] = copy_bandwidth()
+    result["copy"] = copy_bandwidth(DEV)  # a 1 GiB copy, as every bench measures it
     gen = torch.Generator(device=DEV).manual_seed(2)
     kept = {shape: decode_inputs(shape, gen) for shape in SHAPES}
     save("inputs")

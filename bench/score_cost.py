@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspat
 import torch  # noqa: E402
 
 from bench.common import environment, write_json  # noqa: E402
-from bench.engine import Timer, fill_store, median  # noqa: E402
+from bench.engine import Timer, fill_store  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 from engine.runner import ModelRunner, StepInput  # noqa: E402
 from kvcache.kv_store import PagedKVStore  # noqa: E402
@@ -46,7 +47,7 @@ def time_steps(runner, batch_inputs, scores: bool, cfg, steps: int) -> float:
         timer.stop()
         if i >= 3:
             times.append(timer.elapsed_ms())
-    return median(times)
+    return statistics.median(times)
 
 
 def main() -> None:

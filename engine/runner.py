@@ -52,6 +52,16 @@ def _width_bucket(blocks: int) -> int:
     return max(MIN_WIDTH_BLOCKS, 1 << (max(blocks, 1) - 1).bit_length())
 
 
+def _fields(packed, rows: int, width: int):
+    """The views of a packed step (numpy or torch, 1-D int64), in `_pack`'s layout:
+    (input_ids T, positions T, slot_mapping T, seq_lens rows, cu_seqlens rows+1, logits rows,
+    block_tables [rows, width])."""
+    t = (len(packed) - 3 * rows - 1 - rows * width) // 3
+    return (packed[:t], packed[t:2 * t], packed[2 * t:3 * t], packed[3 * t:3 * t + rows],
+            packed[3 * t + rows:3 * t + 2 * rows + 1], packed[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1],
+            packed[3 * t + 3 * rows + 1:].reshape(rows, width))
+
+
 def _pack(batch: list[StepInput], rows: int, width: int) -> np.ndarray:
     """Every integer a step needs in one int64 array (one host-to-device copy):
     [input_ids T | positions T | slot_mapping T | seq_lens rows | cu_seqlens rows+1 | logits rows |
@@ -59,13 +69,12 @@ def _pack(batch: list[StepInput], rows: int, width: int) -> np.ndarray:
     lens = np.fromiter((len(s.token_ids) for s in batch), np.int64, len(batch))
     t = int(lens.sum()) + (rows - len(batch))  # a padding row feeds one token that writes nowhere
     out = np.zeros(3 * t + 3 * rows + 1 + rows * width, np.int64)
-    ids, pos, slots = out[:t], out[t:2 * t], out[2 * t:3 * t]
-    seq_lens, cu = out[3 * t:3 * t + rows], out[3 * t + rows:3 * t + 2 * rows + 1]
-    last = out[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1]
-    tables = out[3 * t + 3 * rows + 1:].reshape(rows, width)
+    ids, pos, slots, seq_lens, cu, last, tables = _fields(out, rows, width)
     i = 0
     for b, s in enumerate(batch):
         n = len(s.token_ids)
+        assert n > 0, "every sequence in a step feeds at least one token"
+        assert len(s.slots) == n, "one slot per new token"
         ids[i:i + n] = s.token_ids
         pos[i:i + n] = np.arange(s.start_position, s.start_position + n)
         slots[i:i + n] = s.slots
@@ -98,29 +107,18 @@ class ModelRunner:
     def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
                 score_windows: list[int] | None = None, rows: int | None = None, width: int | None = None):
         """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device."""
-        self._check(batch)
+        assert batch, "a step runs at least one sequence"
         rows = rows or len(batch)
         width = width or max(len(s.block_table) for s in batch)
         packed = torch.from_numpy(_pack(batch, rows, width)).to(self.device, non_blocking=True)
-        t = (len(packed) - 3 * rows - 1 - rows * width) // 3
-        ids, pos, slots = packed[:t], packed[t:2 * t], packed[2 * t:3 * t]
-        seq_lens = packed[3 * t:3 * t + rows].to(torch.int32)
-        cu = packed[3 * t + rows:3 * t + 2 * rows + 1].to(torch.int32)
-        last = packed[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1]
-        tables = packed[3 * t + 3 * rows + 1:].view(rows, width).to(torch.int32)
+        ids, pos, slots, seq_lens, cu, last, tables = _fields(packed, rows, width)
         meta = AttentionMetadata(
-            positions=pos, slot_mapping=slots, block_tables=tables, seq_lens=seq_lens, cu_seqlens_q=cu,
-            is_decode=t == rows, score_out=score_out, max_query_len=max(len(s.token_ids) for s in batch),
+            positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32), seq_lens=seq_lens.to(torch.int32),
+            cu_seqlens_q=cu.to(torch.int32), is_decode=len(ids) == rows, score_out=score_out,
+            max_query_len=max(len(s.token_ids) for s in batch),
             score_windows=torch.tensor(score_windows, device=self.device) if score_windows is not None else None,
         )
         return ids, meta, last
-
-    @staticmethod
-    def _check(batch: list[StepInput]) -> None:
-        assert batch, "a step runs at least one sequence"
-        for s in batch:
-            assert len(s.token_ids) > 0, "every sequence in a step feeds at least one token"
-            assert len(s.slots) == len(s.token_ids), "one slot per new token"
 
     def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
             score_windows: list[int] | None = None) -> torch.Tensor:
@@ -158,22 +156,20 @@ class ModelRunner:
                                        device=self.device)
         inputs = self._inputs[:6 * rows + 1 + rows * width]
         inputs.copy_(torch.from_numpy(_pack([], rows, width)))  # padding only: writes nowhere
-        t = rows
-        tables = inputs[6 * rows + 1:].view(rows, width)
+        ids, pos, slots, seq_lens, cu, _, tables = _fields(inputs, rows, width)
         cfg = self.model.config
         score_bufs = ([torch.zeros(rows, cfg.num_kv_heads, width * self.kv_store.block_size, device=self.device)
                        for _ in range(cfg.num_layers)] if scores else None)
         # int32 copies of the table and lengths are made inside the graph, from the int64 inputs
         def step():
             meta = AttentionMetadata(
-                positions=inputs[t:2 * t], slot_mapping=inputs[2 * t:3 * t],
-                block_tables=tables.to(torch.int32), seq_lens=inputs[3 * t:3 * t + rows].to(torch.int32),
-                cu_seqlens_q=inputs[3 * t + rows:3 * t + 2 * rows + 1].to(torch.int32), is_decode=True,
+                positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32),
+                seq_lens=seq_lens.to(torch.int32), cu_seqlens_q=cu.to(torch.int32), is_decode=True,
                 score_out=score_bufs)
             if score_bufs is not None:
                 for s in score_bufs:
                     s.zero_()
-            return self.model(inputs[:t], meta, self.kv_store)
+            return self.model(ids, meta, self.kv_store)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

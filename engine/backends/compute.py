@@ -104,7 +104,7 @@ class ComputeBackend(AnalyticBackend):
         else:
             duration = super().execute(scheduled, kv, swap_bytes).duration_s
         if needs:
-            self._update_scores(scheduled, kv, needs, score_out)
+            self._update_scores(scheduled, kv, score_out)
         produced, rows = {}, []
         for b, (item, tok) in enumerate(zip(scheduled, tokens)):
             if not item.produces_token:
@@ -117,7 +117,7 @@ class ComputeBackend(AnalyticBackend):
             self.on_logits([scheduled[b].seq.seq_id for b in rows], logits[rows])
         return StepResult(duration, produced)
 
-    def _update_scores(self, scheduled, kv, needs: set[str], score_out) -> None:
+    def _update_scores(self, scheduled, kv, score_out) -> None:
         """Fold this step's attention and new keys into each sequence's per-slot scores."""
         attention = None
         if score_out is not None:  # [B, max_slots]: summed over layers and KV heads
