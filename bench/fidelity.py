@@ -2,8 +2,9 @@
 compute mode (the real model, each step timed with CUDA events) and in analytic mode (the
 calibrated profile of this GPU), for fp16 and INT8 KV and the full and StreamingLLM policies.
 
-    python bench/fidelity.py [--requests 500] [--rate-scale 40] [--profile PATH] [--budget-s 330]
+    python bench/fidelity.py [--requests 500] [--offset 0] [--rate-scale 40] [--profile PATH] [--budget-s 330]
     python bench/fidelity.py --smoke     # on the CPU: random weights, a handful of requests
+    python bench/fidelity.py --rescore bench/results/fidelity_h100.json   # on the CPU, see below
 
 Per step: every compute step's own composition (each decode sequence's context, each prefill
 chunk) predicted by the calibrated cost model against its measured time: median and p95 of
@@ -12,13 +13,21 @@ are uniform batches and its fitted correction's rows (random_steps) are seeded r
 the trace's steps are neither (a step equal to a grid point or a fitted composition is counted
 and left out), so no scored composition was fitted to. End to end: output
 throughput, TTFT p50/p99 and TPOT p50/p99 of the analytic run against the compute run. Writes
-fidelity_<gpu>.json to $OUT (else bench/results/) after every configuration.
+fidelity_<gpu>.json to $OUT (else bench/results/) after every configuration, and every compute
+step (composition, measured seconds) to fidelity_steps_<gpu>.json beside it.
+
+--rescore FILE replays the analytic side again on this machine (it needs no GPU) with the cost
+model as it is now, against the compute run recorded in FILE and its steps file: how a change to
+the cost model moves the errors, without a GPU. Its output says it is a rescore. --offset picks
+the slice of the trace (rows offset .. offset + requests): a cost model designed while looking at
+one slice's steps is scored on another.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -138,16 +147,19 @@ def describe(shape, measured_s: float, rel_error: float) -> dict:
             "decode_max_context": shape.decode_max_context, "chunks": [list(c) for c in shape.prefill_chunks]}
 
 
-def capped_trace(path: Path, requests: int, max_prompt: int | None, max_output: int | None, folder: Path) -> Path:
-    """The first `requests` rows of an Azure-format trace, lengths capped, written beside the results."""
+def capped_trace(path: Path, requests: int, max_prompt: int | None, max_output: int | None, folder: Path,
+                 offset: int = 0) -> Path:
+    """Rows offset .. offset + requests of an Azure-format trace, lengths capped, written beside the
+    results (arrivals count from the slice's first row)."""
     import pandas as pd
 
-    rows = pd.read_csv(path, nrows=requests)
+    rows = pd.read_csv(path, skiprows=range(1, offset + 1), nrows=requests)
+    assert len(rows) == requests, f"{path.name} has {len(rows)} rows past row {offset}, not {requests}"
     if max_prompt:
         rows["ContextTokens"] = rows["ContextTokens"].clip(upper=max_prompt)
     if max_output:
         rows["GeneratedTokens"] = rows["GeneratedTokens"].clip(upper=max_output)
-    out = folder / f"trace_{requests}_p{max_prompt}_o{max_output}.csv"
+    out = folder / f"trace_{offset}+{requests}_p{max_prompt}_o{max_output}.csv"
     rows.to_csv(out, index=False)
     return out
 
@@ -164,34 +176,92 @@ def smoke_profile(folder: Path, kv_dtypes: str) -> Path:
     return out
 
 
-def run_config(args, kv: str, policy: str, trace: Path, gpu: str, max_context: int) -> dict:
-    from engine.cost_model import cost_model_for
-    from engine.gpus import get_gpu
+def make_point(args, kv: str, policy: str, trace: Path, gpu: str, backend: str):
     from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
-    from kvsim.simulate import Point, model_config, run_point
+    from kvsim.simulate import Point
 
-    engine = EngineOptions(model=args.model, backend="compute", gpu=gpu, kv_mem_gib=args.kv_mem_gib,
+    engine = EngineOptions(model=args.model, backend=backend, gpu=gpu, kv_mem_gib=args.kv_mem_gib,
                            max_num_seqs=args.max_num_seqs, random_weights=args.random_weights)
-    point = Point(f"{policy}-{kv}", engine, CacheOptions(policy, kv, args.budget), seed=0,
-                  workload=WorkloadOptions(trace=str(trace), rate_scale=args.rate_scale))
+    return Point(f"{policy}-{kv}", engine, CacheOptions(policy, kv, args.budget), seed=0,
+                 workload=WorkloadOptions(trace=str(trace), rate_scale=args.rate_scale))
+
+
+def run_config(args, kv: str, policy: str, trace: Path, gpu: str, max_context: int) -> tuple[dict, list]:
+    """The compute run of one configuration, then its scoring -> (result row, step records)."""
+    from kvsim.simulate import run_point
+
     recorder = StepRecorder(max_context, ((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)))
     start = time.perf_counter()
-    compute = run_point(point, on_build=recorder.attach)
-    compute_wall = time.perf_counter() - start
-    analytic = run_point(dataclasses.replace(point, engine=dataclasses.replace(engine, backend="analytic")))
-    cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
+    compute = run_point(make_point(args, kv, policy, trace, gpu, "compute"), on_build=recorder.attach)
     batch = compute.steps.batch_size
-    e2e = {k: {"compute": compute.summary[k], "analytic": analytic.summary[k],
-               "rel_error": analytic.summary[k] / compute.summary[k] - 1} for k in E2E}
+    measured = {"summary": {k: compute.summary[k] for k in (*E2E, "requests_completed", "preemptions", "cost_model")},
+                "num_steps": len(compute.steps), "batch_size_median": float(batch.median()),
+                "batch_size_max": int(batch.max()), "wall_s": time.perf_counter() - start}
+    return score(args, kv, policy, trace, gpu, measured, recorder.records), recorder.records
+
+
+def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, records: list) -> dict:
+    """The analytic run of the same configuration and the errors against the compute run."""
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+    from kvsim.simulate import model_config, run_point
+
+    analytic = run_point(make_point(args, kv, policy, trace, gpu, "analytic"))
+    cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
+    compute = measured["summary"]
+    e2e = {k: {"compute": compute[k], "analytic": analytic.summary[k],
+               "rel_error": analytic.summary[k] / compute[k] - 1} for k in E2E}
     return {"kv_dtype": kv, "policy": policy, "budget_tokens": None if policy == "full" else args.budget,
-            "cost_model": cost.source, "compute_cost_note": compute.summary["cost_model"],
-            "requests_completed": {"compute": compute.summary["requests_completed"],
+            "cost_model": cost.source, "compute_cost_note": compute["cost_model"],
+            "requests_completed": {"compute": compute["requests_completed"],
                                    "analytic": analytic.summary["requests_completed"]},
-            "num_steps": {"compute": len(compute.steps), "analytic": len(analytic.steps)},
-            "preemptions": {"compute": compute.summary["preemptions"], "analytic": analytic.summary["preemptions"]},
-            "batch_size_median": float(batch.median()), "batch_size_max": int(batch.max()),
-            "step_error": step_errors(recorder.records, cost), "e2e": e2e,
-            "wall_s": {"compute": compute_wall, "analytic": analytic.summary["wall_time_s"]}}
+            "num_steps": {"compute": measured["num_steps"], "analytic": len(analytic.steps)},
+            "preemptions": {"compute": compute["preemptions"], "analytic": analytic.summary["preemptions"]},
+            "batch_size_median": measured["batch_size_median"], "batch_size_max": measured["batch_size_max"],
+            "step_error": step_errors(records, cost), "e2e": e2e, "measured": measured,
+            "wall_s": {"compute": measured["wall_s"], "analytic": analytic.summary["wall_time_s"]}}
+
+
+def records_json(records) -> list:
+    """Compute steps as [StepShape fields..., measured seconds] (chunks as lists)."""
+    return [[*(list(map(list, v)) if isinstance(v, tuple) else v for v in dataclasses.astuple(shape)), seconds]
+            for shape, seconds in records]
+
+
+def records_from_json(rows) -> list:
+    from engine.cost_model import StepShape
+
+    return [(StepShape(*row[:-2], tuple(tuple(c) for c in row[-2])), row[-1]) for row in rows]
+
+
+def rescore(args) -> None:
+    """The analytic side again, on this machine, against a recorded compute run (see the docstring)."""
+    from bench.common import environment as env
+
+    path = Path(args.rescore)
+    recorded = json.loads(path.read_text())
+    steps = json.loads(path.with_name(path.name.replace("fidelity_", "fidelity_steps_")).read_text())
+    for key in ("model", "requests", "rate_scale", "max_num_seqs", "kv_mem_gib"):
+        setattr(args, key, recorded[key])
+    args.max_prompt, args.max_output = recorded["max_prompt_tokens"], recorded["max_output_tokens"]
+    args.offset, args.random_weights = recorded.get("offset", 0), recorded["weights"] == "random"
+    from workloads import DEFAULT_TRACE
+
+    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output,
+                         Path(tempfile.mkdtemp(prefix="fidelity-")), args.offset)
+    result = {**recorded, "rescored": {**env(), "of": path.name}, "configs": []}
+    print(f"rescore of {path} (compute run of {recorded['date']} on {recorded.get('gpu')}) with the cost model as it is now")
+    for row in recorded["configs"]:
+        if "error" in row or "measured" not in row:
+            continue
+        args.budget = row["budget_tokens"] or args.budget
+        records = records_from_json(steps[f"{row['kv_dtype']}/{row['policy']}"])
+        new = score(args, row["kv_dtype"], row["policy"], trace, recorded["gpu_preset"], row["measured"], records)
+        result["configs"].append(new)
+        print_row(new)
+    out = Path(os.environ.get("OUT") or tempfile.gettempdir()) / path.name.replace(".json", "_rescored.json")
+    write_json(out, result)
+    print(f"wrote {out}")
 
 
 def print_row(r: dict) -> None:
@@ -213,6 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--offset", type=int, default=0, help="trace rows to skip first")
     parser.add_argument("--rate-scale", type=float, default=40.0, help="arrivals this many times faster")
     parser.add_argument("--kv-dtypes", default="fp16,int8")
     parser.add_argument("--policies", default="full,streaming")
@@ -227,7 +298,12 @@ def main() -> None:
                         help="seeded random weights of the model's shape (the same kernels and timings; for a "
                              "device the real weights cannot reach)")
     parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
+    parser.add_argument("--rescore", default=None, help="a fidelity JSON: replay its analytic side again (CPU)")
     args = parser.parse_args()
+    if args.rescore:
+        if args.profile:
+            os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
+        return rescore(args)
     import torch
 
     from engine.gpus import get_gpu
@@ -247,17 +323,18 @@ def main() -> None:
         args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
     if args.profile:
         os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
-    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work)
+    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work, args.offset)
     import pandas as pd
 
     rows = pd.read_csv(trace)
     max_context = int((rows.ContextTokens + rows.GeneratedTokens).max())
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
               "weights": "random" if args.random_weights else "real", "trace": DEFAULT_TRACE.name,
-              "requests": args.requests, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
+              "requests": args.requests, "offset": args.offset, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
               "max_output_tokens": args.max_output, "kv_mem_gib": args.kv_mem_gib, "max_num_seqs": args.max_num_seqs,
               "floors": FLOORS, "configs": [], "complete": False}
     path = out_dir / f"fidelity_{gpu if cuda else 'cpu_smoke'}.json"
+    steps_path, steps = path.with_name(path.name.replace("fidelity_", "fidelity_steps_")), {}
     print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {DEFAULT_TRACE.name} "
           f"at {args.rate_scale}x, caps prompt {args.max_prompt} / output {args.max_output}; writing {path}")
     print(f"{'kv':5s} {'policy':9s} {'steps':>6s} {'batch':>10s} {'|err| med':>7s} {'p95':>7s}  "
@@ -270,7 +347,9 @@ def main() -> None:
             break
         began = time.perf_counter()
         try:
-            row = run_config(args, kv, policy, trace, gpu, max_context)
+            row, records = run_config(args, kv, policy, trace, gpu, max_context)
+            steps[f"{kv}/{policy}"] = records_json(records)
+            steps_path.write_text(json.dumps(steps))  # compact: thousands of rows
         except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others
             result["configs"].append({"kv_dtype": kv, "policy": policy, "error": f"{type(e).__name__}: {e}"})
             print(f"{kv} {policy}: FAILED {type(e).__name__}: {e}", flush=True)

@@ -205,9 +205,10 @@ class CalibratedCostModel:
         self.host_bw = memory.get("host_to_device_bytes_per_s", roofline.gpu.host_link_bytes_per_s)
         self.roofline = roofline
         self.floor_s = min(t["decode_step"]["time_s"])  # no step is faster than the fastest one measured
+        graph = profile.data.get("settings", {}).get("graph", {})
+        self.token_buckets, self.seq_buckets = graph.get("token_buckets", ()), graph.get("seq_buckets", ())
         self.mixed_offset_s, self.mixed_per_pair_s = self._fit_mixed(t.get("mixed_step"))
         self.block_size = profile.data["block_size"]
-        graph = profile.data.get("settings", {}).get("graph", {})
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
         self.correction = Correction.fit(self, t.get("random_steps"))
 
@@ -252,10 +253,17 @@ class CalibratedCostModel:
             step += self.mixed_offset_s + self.mixed_per_pair_s * num_seqs * s.num_tokens
         return step
 
+    def graph_tokens(self, tokens: int, num_seqs: int) -> int:
+        """The tokens a prefill step's CUDA graph runs (engine/runner.py): up to the token bucket;
+        unchanged where the step runs eagerly (or the profile predates prefill graphs)."""
+        if self.seq_buckets and num_seqs > self.seq_buckets[-1]:
+            return tokens
+        return next((b for b in self.token_buckets if b >= tokens), tokens)
+
     def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int) -> float:
         """A step with prefill chunks [(cached, new)] and num_decode rows, without the mixed offset."""
         L, prefill, attn = self.layers, self.prefill, self.prefill_attn
-        n_total = sum(n for _, n in chunks) + num_decode
+        n_total = self.graph_tokens(sum(n for _, n in chunks) + num_decode, num_seqs)
         pairs = sum(n * (n + 1) // 2 for _, n in chunks)
         one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs (one launch)
         t = prefill(0, n_total) + L * (attn(0, one_chunk) - attn(0, n_total))

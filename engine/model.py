@@ -44,6 +44,7 @@ class AttentionMetadata:
     score_out: list[torch.Tensor] | None = None
     score_windows: torch.Tensor | None = None
     max_query_len: int | None = None  # host int: the most new tokens of any sequence (trims the prefill grid)
+    query_tiles: torch.Tensor | None = None  # [2, N] int32 prefill kernel tile map (a graph's fixed grid)
 
 
 class RMSNorm(nn.Module):
@@ -108,7 +109,7 @@ class Attention(nn.Module):
         else:
             o = kernels.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
                                                 meta.seq_lens, self.scale, kv_scales=kv_scales,
-                                                max_query_len=meta.max_query_len)
+                                                max_query_len=meta.max_query_len, query_tiles=meta.query_tiles)
             if meta.score_out is not None:
                 paged_prefill_scores_ref(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
                                          self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales)

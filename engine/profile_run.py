@@ -30,7 +30,7 @@ from engine.profile_file import (
     composition,
     step_row,
 )
-from engine.runner import BATCH_BUCKETS, MIN_WIDTH_BLOCKS
+from engine.runner import BATCH_BUCKETS, MAX_GRAPH_TOKENS, MIN_WIDTH_BLOCKS, SEQ_BUCKETS, TOKEN_BUCKETS
 from kvcache.sizing import kv_bytes_per_token
 
 
@@ -194,6 +194,8 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
             "settings": {"warmup": grid.warmup, "reps": grid.reps, "quick": quick, "budget_s": budget_s,
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
                                           "step_tokens": grid.step_tokens},
-                         "graph": {"batch_buckets": BATCH_BUCKETS, "min_width_blocks": MIN_WIDTH_BLOCKS},
+                         "graph": {"batch_buckets": BATCH_BUCKETS, "min_width_blocks": MIN_WIDTH_BLOCKS,
+                                   "token_buckets": [b for b in TOKEN_BUCKETS if b <= MAX_GRAPH_TOKENS],
+                                   "seq_buckets": SEQ_BUCKETS},
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}

@@ -4,11 +4,18 @@ The caller (an engine loop or the simulator's compute backend) decides which seq
 which tokens they feed and where in the paged cache those tokens go; the runner only builds
 the step metadata once (one host-to-device copy) and executes.
 
-On CUDA, decode steps (one new token per sequence) replay CUDA graphs: one graph per
-(batch bucket, block-table width bucket, with or without attention scores), captured on first
-use into one shared memory pool, reading persistent input buffers that each step overwrites in
-place. A batch is padded up to its bucket with rows that write nothing (slot -1) and read
-nothing (length 0). Prefill and mixed steps run eagerly (their shapes vary every step).
+On CUDA, steps replay CUDA graphs, captured on first use into one shared memory pool, reading
+one persistent input buffer that each step overwrites in place (an eager step on a slow host
+launches ~300 kernels at 15-100 us each, for a few ms of GPU work):
+  decode steps (one new token per sequence): one graph per (batch bucket, block-table width
+    bucket, with or without attention scores); a batch is padded with rows that write nothing
+    (slot -1) and read nothing (length 0);
+  steps with prefill chunks: one graph per (token bucket, sequence bucket, width bucket); padding
+    sequences feed no token, the tokens past the step's own write nothing, and the prefill kernel
+    reads a query-tile map (kernels/tiles.py) so its grid does not depend on the chunks.
+Steps that collect attention for prefill chunks (H2O's prefill, SnapKV), more tokens than
+max_graph_tokens, or wider tables than the model's positions run eagerly, as does everything
+with use_cuda_graphs=False (KVSIM_CUDA_GRAPHS=0; vLLM's enforce_eager).
 """
 
 from __future__ import annotations
@@ -20,10 +27,17 @@ import numpy as np
 import torch
 
 from engine.model import AttentionMetadata, LlamaModel
+from kernels.tiles import max_query_tiles, prefill_query_tile, prefill_query_tiles
 
 # Batch buckets as vLLM's: small powers of two, then steps of 16 (padding costs at most 15 rows)
 BATCH_BUCKETS = [1, 2, 4, 8] + list(range(16, 513, 16))
 MIN_WIDTH_BLOCKS = 16  # block-table width buckets: powers of two from this many blocks
+# Prefill steps: tokens in steps of 16 to 128, then eight steps per doubling (padding <= 12.5%);
+# sequences in powers of two (a padding sequence costs one token and one table row)
+TOKEN_BUCKETS = list(range(16, 128, 16)) + [p + i * p // 8 for p in (128, 256, 512, 1024, 2048, 4096)
+                                           for i in range(8)] + [8192]
+SEQ_BUCKETS = [1 << i for i in range(10)]
+MAX_GRAPH_TOKENS = 2048  # the scheduler's default step budget; larger prefill steps are GPU-bound anyway
 
 
 @dataclass
@@ -44,6 +58,26 @@ class StepInput:
     seq_len: int
 
 
+@dataclass(frozen=True)
+class Shape:
+    """A step's padded shape: what one CUDA graph (or one eager step's packing) holds.
+
+    tokens  packed tokens (>= the batch's new tokens, + one per padding row in a decode step)
+    rows    sequences (>= the batch's); width: block-table columns
+    tiles   entries of the prefill kernel's query-tile map (0: the kernel sizes its own grid)
+    """
+
+    decode: bool
+    tokens: int
+    rows: int
+    width: int
+    tiles: int = 0
+    scores: bool = False
+
+    def size(self) -> int:
+        return 3 * self.tokens + 3 * self.rows + 1 + self.rows * self.width + 2 * self.tiles
+
+
 def _bucket(n: int, buckets: list[int]) -> int | None:
     return next((b for b in buckets if b >= n), None)
 
@@ -52,24 +86,28 @@ def _width_bucket(blocks: int) -> int:
     return max(MIN_WIDTH_BLOCKS, 1 << (max(blocks, 1) - 1).bit_length())
 
 
-def _fields(packed, rows: int, width: int):
+def _fields(packed, shape: Shape):
     """The views of a packed step (numpy or torch, 1-D int64), in `_pack`'s layout:
     (input_ids T, positions T, slot_mapping T, seq_lens rows, cu_seqlens rows+1, logits rows,
-    block_tables [rows, width])."""
-    t = (len(packed) - 3 * rows - 1 - rows * width) // 3
-    return (packed[:t], packed[t:2 * t], packed[2 * t:3 * t], packed[3 * t:3 * t + rows],
-            packed[3 * t + rows:3 * t + 2 * rows + 1], packed[3 * t + 2 * rows + 1:3 * t + 3 * rows + 1],
-            packed[3 * t + 3 * rows + 1:].reshape(rows, width))
+    block_tables [rows, width], query tiles [2, tiles])."""
+    t, r, w = shape.tokens, shape.rows, shape.width
+    cuts = np.cumsum([t, t, t, r, r + 1, r, r * w, 2 * shape.tiles])
+    ids, pos, slots, seq_lens, cu, last, tables, tiles = (packed[a:b] for a, b in zip([0, *cuts[:-1]], cuts))
+    return ids, pos, slots, seq_lens, cu, last, tables.reshape(r, w), tiles.reshape(2, shape.tiles)
 
 
-def _pack(batch: list[StepInput], rows: int, width: int) -> np.ndarray:
-    """Every integer a step needs in one int64 array (one host-to-device copy):
-    [input_ids T | positions T | slot_mapping T | seq_lens rows | cu_seqlens rows+1 | logits rows |
-     block_tables rows*width]. Rows past len(batch) are padding: length 0, no tokens, table 0."""
+def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
+    """Every integer a step needs in one int64 array (one host-to-device copy), in _fields' layout.
+    Rows past len(batch) are padding: length 0, table 0, and in a decode step one token that writes
+    nowhere (slot -1; a decode graph has a token per row), else none; tokens past the rows' are
+    padding of no sequence (slot -1). The query-tile map covers the batch's own tokens in tiles
+    of `tile` (kernels/tiles.py), then -1."""
     lens = np.fromiter((len(s.token_ids) for s in batch), np.int64, len(batch))
-    t = int(lens.sum()) + (rows - len(batch))  # a padding row feeds one token that writes nowhere
-    out = np.zeros(3 * t + 3 * rows + 1 + rows * width, np.int64)
-    ids, pos, slots, seq_lens, cu, last, tables = _fields(out, rows, width)
+    pad_tokens = 1 if shape.decode else 0  # per padding row
+    used = int(lens.sum()) + pad_tokens * (shape.rows - len(batch))
+    assert len(batch) <= shape.rows and used <= shape.tokens, f"{len(batch)} sequences, {used} tokens exceed {shape}"
+    out = np.zeros(shape.size(), np.int64)
+    ids, pos, slots, seq_lens, cu, last, tables, tiles = _fields(out, shape)
     i = 0
     for b, s in enumerate(batch):
         n = len(s.token_ids)
@@ -83,93 +121,133 @@ def _pack(batch: list[StepInput], rows: int, width: int) -> np.ndarray:
         i += n
     slots[i:] = -1
     cu[1:len(batch) + 1] = np.cumsum(lens)
-    cu[len(batch) + 1:] = cu[len(batch)] + np.arange(1, rows - len(batch) + 1)
-    last[:] = cu[1:] - 1
+    cu[len(batch) + 1:] = cu[len(batch)] + pad_tokens * np.arange(1, shape.rows - len(batch) + 1)
+    last[:] = np.maximum(cu[1:] - 1, 0)  # a padding row without tokens points at a real token
+    if shape.tiles:
+        tiles[:] = prefill_query_tiles(lens, tile, shape.tiles)
     return out
 
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, kv_store, device: torch.device | str | None = None,
-                 use_cuda_graphs: bool | None = None, max_graph_batch: int = BATCH_BUCKETS[-1]):
+                 use_cuda_graphs: bool | None = None, max_graph_batch: int = BATCH_BUCKETS[-1],
+                 max_graph_tokens: int = MAX_GRAPH_TOKENS):
         self.model, self.kv_store = model, kv_store
         self.device = torch.device(device) if device is not None else model.embed_tokens.weight.device
         if use_cuda_graphs is None:  # KVSIM_CUDA_GRAPHS=0 runs every step eagerly (vLLM's enforce_eager)
             use_cuda_graphs = self.device.type == "cuda" and os.environ.get("KVSIM_CUDA_GRAPHS", "1") != "0"
         self.use_cuda_graphs = use_cuda_graphs
         self.graph_buckets = [b for b in BATCH_BUCKETS if b <= max_graph_batch]
-        self._graphs: dict[tuple[int, int, bool], _DecodeGraph] = {}
+        self.token_buckets = [b for b in TOKEN_BUCKETS if b <= max_graph_tokens]
+        self.seq_buckets = [b for b in SEQ_BUCKETS if b <= max_graph_batch]
+        self.query_tile = prefill_query_tile(model.config.num_heads, model.config.num_kv_heads)
+        self._graphs: dict[Shape, _StepGraph] = {}
         self._pool = None
         self._inputs: torch.Tensor | None = None  # the packed inputs every graph reads, sized once
         # the widest table a graph takes: the store's blocks, or as many as the model has positions
         self.max_graph_width = _width_bucket(min(kv_store.num_blocks, -(-model.max_positions // kv_store.block_size)))
+        self.captures = 0  # graphs captured so far (each costs a few eager steps, once)
 
     # ---- eager ---------------------------------------------------------------------------------------
     def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
-                score_windows: list[int] | None = None, rows: int | None = None, width: int | None = None):
-        """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device."""
+                score_windows: list[int] | None = None, shape: Shape | None = None):
+        """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device,
+        unpadded, or padded to `shape`."""
         assert batch, "a step runs at least one sequence"
-        rows = rows or len(batch)
-        width = width or max(len(s.block_table) for s in batch)
-        packed = torch.from_numpy(_pack(batch, rows, width)).to(self.device, non_blocking=True)
-        ids, pos, slots, seq_lens, cu, last, tables = _fields(packed, rows, width)
-        meta = AttentionMetadata(
-            positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32), seq_lens=seq_lens.to(torch.int32),
-            cu_seqlens_q=cu.to(torch.int32), is_decode=len(ids) == rows, score_out=score_out,
-            max_query_len=max(len(s.token_ids) for s in batch),
-            score_windows=torch.tensor(score_windows, device=self.device) if score_windows is not None else None,
-        )
+        shape = shape or self._exact_shape(batch, score_out is not None)
+        packed = torch.from_numpy(_pack(batch, shape, self.query_tile)).to(self.device, non_blocking=True)
+        meta, ids, last = self._metadata(packed, shape, score_out)
+        meta.max_query_len = max(len(s.token_ids) for s in batch)
+        if score_windows is not None:
+            meta.score_windows = torch.tensor(score_windows, device=self.device)
         return ids, meta, last
 
     def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
             score_windows: list[int] | None = None) -> torch.Tensor:
         """Logits [B, vocab] (float32) of each sequence's last new token. With score_out, the
         attention each slot receives is added to it (see AttentionMetadata)."""
-        if self._graphable(batch, score_windows):
-            return self._run_graph(batch, score_out)
-        input_ids, meta, last = self.prepare(batch, score_out, score_windows)
-        return self.model(input_ids, meta, self.kv_store, logits_indices=last)
-
-    # ---- CUDA graphs ---------------------------------------------------------------------------------
-    def _graphable(self, batch, score_windows) -> bool:
-        return (self.use_cuda_graphs and len(batch) <= self.graph_buckets[-1]
-                and all(len(s.token_ids) == 1 for s in batch) and not any(score_windows or ())
-                and max(len(s.block_table) for s in batch) <= self.max_graph_width)
-
-    def _run_graph(self, batch: list[StepInput], score_out) -> torch.Tensor:
-        rows = _bucket(len(batch), self.graph_buckets)
-        width = _width_bucket(max(len(s.block_table) for s in batch))
-        key = (rows, width, score_out is not None)
-        graph = self._graphs.get(key) or self._capture(*key)
-        packed = torch.from_numpy(_pack(batch, rows, width))
-        graph.inputs.copy_(packed, non_blocking=True)
+        shape = self.graph_shape(batch, score_out, score_windows)
+        if shape is None:
+            input_ids, meta, last = self.prepare(batch, score_out, score_windows)
+            return self.model(input_ids, meta, self.kv_store, logits_indices=last)
+        graph = self._graphs.get(shape) or self._capture(shape)
+        graph.inputs.copy_(torch.from_numpy(_pack(batch, shape, self.query_tile)), non_blocking=True)
         graph.graph.replay()
         if score_out is not None:
             for dst, src in zip(score_out, graph.scores):
-                n = dst.shape[2]
-                dst.add_(src[:len(batch), :, :n])
+                dst.add_(src[:len(batch), :, :dst.shape[2]])
         return graph.logits[:len(batch)].clone()  # the next replay overwrites graph.logits
 
-    def _capture(self, rows: int, width: int, scores: bool) -> "_DecodeGraph":
-        if self._inputs is None:  # sized for the largest graph, once: captured graphs keep reading it
-            most = self.graph_buckets[-1]
-            self._inputs = torch.zeros(6 * most + 1 + most * self.max_graph_width, dtype=torch.int64,
-                                       device=self.device)
-        inputs = self._inputs[:6 * rows + 1 + rows * width]
-        inputs.copy_(torch.from_numpy(_pack([], rows, width)))  # padding only: writes nowhere
-        ids, pos, slots, seq_lens, cu, _, tables = _fields(inputs, rows, width)
+    def prepare_graph(self, batch: list[StepInput], score_out=None, score_windows=None) -> bool:
+        """Capture now the graph `run` would replay for this step, if any and not captured yet (a
+        caller timing steps does this first, as a server captures its graphs at startup).
+        True if it captured one."""
+        shape = self.graph_shape(batch, score_out, score_windows)
+        if shape is None or shape in self._graphs:
+            return False
+        self._capture(shape)
+        return True
+
+    # ---- shapes --------------------------------------------------------------------------------------
+    def _exact_shape(self, batch: list[StepInput], scores: bool) -> Shape:
+        tokens = sum(len(s.token_ids) for s in batch)
+        return Shape(tokens == len(batch), tokens, len(batch), max(len(s.block_table) for s in batch), scores=scores)
+
+    def graph_shape(self, batch: list[StepInput], score_out=None, score_windows=None) -> Shape | None:
+        """The padded shape of the graph this step replays, or None if it runs eagerly."""
+        if not self.use_cuda_graphs or any(score_windows or ()):
+            return None
+        width = _width_bucket(max(len(s.block_table) for s in batch))
+        if width > self.max_graph_width:
+            return None
+        n, tokens = len(batch), sum(len(s.token_ids) for s in batch)
+        if tokens == n:
+            rows = _bucket(n, self.graph_buckets)
+            return None if rows is None else Shape(True, rows, rows, width, scores=score_out is not None)
+        rows = _bucket(n, self.seq_buckets)
+        if score_out is not None or rows is None:
+            return None
+        padded = _bucket(tokens, self.token_buckets)
+        if padded is None:
+            return None
+        return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile))
+
+    def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
+                                                                                torch.Tensor]:
+        """(metadata, input_ids, logits rows) over a packed step on the device (int32 copies of
+        the table, lengths and tiles are made from the int64 inputs, inside a graph if captured)."""
+        ids, pos, slots, seq_lens, cu, last, tables, tiles = _fields(packed, shape)
+        meta = AttentionMetadata(
+            positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32), seq_lens=seq_lens.to(torch.int32),
+            cu_seqlens_q=cu.to(torch.int32), is_decode=shape.decode, score_out=score_out,
+            query_tiles=tiles.to(torch.int32) if shape.tiles else None)
+        return meta, ids, last
+
+    # ---- CUDA graphs ---------------------------------------------------------------------------------
+    def _input_buffer(self) -> torch.Tensor:
+        """Sized once for the largest shape either kind of graph takes: captured graphs keep reading it."""
+        if self._inputs is None:
+            most, tokens = self.graph_buckets[-1], self.token_buckets[-1] if self.token_buckets else 0
+            seqs = self.seq_buckets[-1]
+            largest = max(Shape(True, most, most, self.max_graph_width).size(),
+                          Shape(False, tokens, seqs, self.max_graph_width,
+                                max_query_tiles(tokens, seqs, self.query_tile)).size())
+            self._inputs = torch.zeros(largest, dtype=torch.int64, device=self.device)
+        return self._inputs
+
+    def _capture(self, shape: Shape) -> "_StepGraph":
+        inputs = self._input_buffer()[:shape.size()]
+        inputs.copy_(torch.from_numpy(_pack([], shape)))  # padding only: writes nowhere
         cfg = self.model.config
-        score_bufs = ([torch.zeros(rows, cfg.num_kv_heads, width * self.kv_store.block_size, device=self.device)
-                       for _ in range(cfg.num_layers)] if scores else None)
-        # int32 copies of the table and lengths are made inside the graph, from the int64 inputs
+        score_bufs = ([torch.zeros(shape.rows, cfg.num_kv_heads, shape.width * self.kv_store.block_size,
+                                   device=self.device) for _ in range(cfg.num_layers)] if shape.scores else None)
+
         def step():
-            meta = AttentionMetadata(
-                positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32),
-                seq_lens=seq_lens.to(torch.int32), cu_seqlens_q=cu.to(torch.int32), is_decode=True,
-                score_out=score_bufs)
+            meta, ids, last = self._metadata(inputs, shape, score_bufs)
             if score_bufs is not None:
                 for s in score_bufs:
                     s.zero_()
-            return self.model(ids, meta, self.kv_store)
+            return self.model(ids, meta, self.kv_store, logits_indices=None if shape.decode else last)
 
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -182,13 +260,14 @@ class ModelRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             logits = step()
-        captured = _DecodeGraph(graph, inputs, logits, score_bufs)
-        self._graphs[(rows, width, scores)] = captured
+        captured = _StepGraph(graph, inputs, logits, score_bufs)
+        self._graphs[shape] = captured
+        self.captures += 1
         return captured
 
 
 @dataclass
-class _DecodeGraph:
+class _StepGraph:
     graph: "torch.cuda.CUDAGraph"
     inputs: torch.Tensor  # the packed int64 inputs the graph reads (a view of the shared buffer)
     logits: torch.Tensor  # [rows, vocab] float32, rewritten by every replay

@@ -105,13 +105,16 @@ def paged_prefill_attention(
     *,
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
+    query_tiles: torch.Tensor | None = None,
     interpret: bool | None = None,
 ) -> torch.Tensor:
     """Causal attention of new tokens q [T, Hq, D] whose K/V are already in the cache -> [T, Hq, D].
 
     cu_seqlens_q [B + 1] offsets of each sequence's new tokens in q; seq_lens [B] slots per
     sequence including the new ones, which sit at its last slots (a cached prefix or earlier
-    chunks fill the rest). max_query_len (host int) only trims the Triton grid.
+    chunks fill the rest). max_query_len (host int) only trims the Triton grid; query_tiles
+    [2, N] int32 (kernels.tiles.prefill_query_tiles, padded with -1) fixes it to N tiles whatever
+    the chunks (CUDA graphs). Neither changes the result; the torch paths ignore both.
     """
     backend = backend_for(q, interpret)
     if backend == "reference":
@@ -122,7 +125,7 @@ def paged_prefill_attention(
                                                            seq_lens, scale, kv_scales))
     return triton_module("prefill_attention", backend).paged_prefill_attention(
         q, k_cache, v_cache, _int32(block_tables), _int32(cu_seqlens_q), _int32(seq_lens), scale, kv_scales,
-        out=out, max_query_len=max_query_len)
+        out=out, max_query_len=max_query_len, query_tiles=None if query_tiles is None else _int32(query_tiles))
 
 
 def write_kv(

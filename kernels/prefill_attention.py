@@ -1,10 +1,12 @@
 """Paged prefill attention in Triton: chunks of new tokens against their paged cache, causally.
 
 The new tokens' K/V are already in the cache (the cache write runs first), so one kernel covers
-a cached prefix, earlier chunks of a chunked prefill and the chunk itself. Grid
-(B, Hkv, query tiles): a program takes BLOCK_Q new tokens of one sequence and all GROUP query
-heads of one KV head as BLOCK_Q * GROUP_PAD rows, so each K/V tile is read once for the group,
-and walks the cache up to its last query's slot through the block table.
+a cached prefix, earlier chunks of a chunked prefill and the chunk itself. A program
+takes BLOCK_Q new tokens of one sequence (a query tile) and all GROUP query heads of one KV
+head as BLOCK_Q * GROUP_PAD rows, so each K/V tile is read once for the group, and walks the
+cache up to its last query's slot through the block table. Grid (B, Hkv, tiles of the longest
+chunk), or, with a query-tile map (what a CUDA graph needs: a grid that does not depend on the
+chunks), (tiles in the map, Hkv): entry j = (sequence, first new token) of tile j, -1 = none.
 
 Imported lazily through kernels._dispatch.triton_module.
 """
@@ -16,6 +18,7 @@ import triton
 import triton.language as tl
 
 from kernels._dispatch import triton_interprets
+from kernels.tiles import PREFILL_BLOCK_ROWS, prefill_query_tile
 from kernels.attention_tile import attend_tile, cache_strides, dot_dtype, q_tl_dtype
 from kernels.decode_attention import LOG2E
 
@@ -25,20 +28,28 @@ INTERPRETED = triton_interprets()
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, out_ptr,
-    scale_log2, stride_qt, stride_qh, stride_btb, stride_ot, stride_oh,
+    tiles_ptr, stride_tiles, scale_log2, stride_qt, stride_qh, stride_btb, stride_ot, stride_oh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     QUANTIZED: tl.constexpr, Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
-    OFFSET_64: tl.constexpr, I8_CONVERT: tl.constexpr,
+    OFFSET_64: tl.constexpr, I8_CONVERT: tl.constexpr, TILE_MAP: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    if TILE_MAP:  # tiles_ptr [2, stride_tiles]: sequence (-1: padding), first new token
+        tile = tl.program_id(0)
+        b = tl.load(tiles_ptr + tile)
+        first = tl.load(tiles_ptr + stride_tiles + tile)
+        valid = b >= 0
+        b = tl.maximum(b, 0)
+    else:
+        b = tl.program_id(0)
+        first = tl.program_id(2) * BLOCK_Q  # first new token of this tile, within the sequence
+        valid = True
     kvh = tl.program_id(1)
-    first = tl.program_id(2) * BLOCK_Q  # first new token of this tile, within the sequence
     q_start = tl.load(cu_seqlens_q_ptr + b)
     num_new = tl.load(cu_seqlens_q_ptr + b + 1) - q_start
     seq_len = tl.load(seq_lens_ptr + b)
-    if first < num_new:
+    if valid and first < num_new:
         r = tl.arange(0, BLOCK_Q * GROUP_PAD)
         i = first + r // GROUP_PAD  # new token of each row
         head = kvh * GROUP + r % GROUP_PAD
@@ -79,7 +90,8 @@ def paged_prefill_attention(
     *,
     out: torch.Tensor | None = None,
     max_query_len: int | None = None,
-    block_rows: int = 64,
+    query_tiles: torch.Tensor | None = None,
+    block_rows: int = PREFILL_BLOCK_ROWS,
     block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
@@ -88,7 +100,9 @@ def paged_prefill_attention(
 
     q [T, Hq, D]; cu_seqlens_q [B + 1] int32; seq_lens [B] int32 (slots including the new ones).
     max_query_len (optional, >= the most new tokens of any sequence) trims the grid; without it
-    the grid assumes one sequence might hold all T tokens. Returns out [T, Hq, D] in q's dtype.
+    the grid assumes one sequence might hold all T tokens. query_tiles [2, N] int32 (optional;
+    prefill_query_tiles builds it for tiles of prefill_query_tile(Hq, Hkv) tokens) replaces both:
+    grid (N, Hkv), whatever the chunks. Returns out [T, Hq, D] in q's dtype.
     """
     num_tokens, num_heads, head_dim = q.shape
     _, page_size, num_kv_heads, _ = k_cache.shape
@@ -102,19 +116,24 @@ def paged_prefill_attention(
     out = torch.empty_like(q) if out is None else out
     if num_tokens == 0 or batch == 0:
         return out
-    group_pad = triton.next_power_of_2(group)
-    block_q = max(1, block_rows // group_pad)
+    block_q = prefill_query_tile(num_heads, num_kv_heads, block_rows)
     rows = max_query_len or num_tokens
+    if query_tiles is not None:
+        assert query_tiles.dim() == 2 and query_tiles.shape[0] == 2 and query_tiles.stride(1) == 1
+        grid = (query_tiles.shape[1], num_kv_heads)
+    else:
+        grid = (batch, num_kv_heads, triton.cdiv(rows, block_q))
     k_scale, v_scale = kv_scales if kv_scales is not None else (k_cache, v_cache)
     launch = {} if INTERPRETED else {"num_warps": num_warps, "num_stages": num_stages}
-    _prefill_kernel[(batch, num_kv_heads, triton.cdiv(rows, block_q))](
+    _prefill_kernel[grid](
         q, k_cache, v_cache, k_scale, v_scale, block_tables, cu_seqlens_q, seq_lens, out,
+        query_tiles if query_tiles is not None else seq_lens, query_tiles.stride(0) if query_tiles is not None else 0,
         scale * LOG2E, q.stride(0), q.stride(1), block_tables.stride(0), out.stride(0), out.stride(1),
         *cache_strides(k_cache, v_cache, kv_scales),
-        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+        GROUP=group, GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         PAGE_SIZE=page_size, BLOCK_Q=block_q, BLOCK_N=block_n,
         QUANTIZED=kv_scales is not None, Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED),
         IEEE=q.dtype == torch.float32, OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, I8_CONVERT=0,
-        **launch,
+        TILE_MAP=query_tiles is not None, **launch,
     )
     return out

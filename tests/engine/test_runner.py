@@ -1,8 +1,10 @@
-"""The runner's step packing: a decode batch padded to a CUDA-graph bucket computes exactly what
-the unpadded batch computes, and the padding rows write nothing to the cache.
+"""The runner's step packing: a decode batch padded to a CUDA-graph bucket, and a prefill /
+mixed step padded to a token bucket with its query-tile map, compute what the unpadded step
+computes, and their padding writes nothing to the cache.
 
-CUDA graphs themselves need a GPU (bench/engine.py checks graph replays against eager steps
-there); what a graph replays is this padded step, which runs here on the CPU reference path."""
+CUDA graphs themselves need a GPU (bench/engine.py and bench/graph_check.py check graph
+replays against eager steps there); what a graph replays is this padded step, which runs here
+on the CPU reference path and, for the tile map, the prefill kernel under the interpreter."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import torch
 from engine.config import ModelConfig
 from engine.loader import random_model
 from engine.model import fused_weight
-from engine.runner import BATCH_BUCKETS, ModelRunner, StepInput, _bucket, _width_bucket
+import kernels
+from engine.runner import BATCH_BUCKETS, TOKEN_BUCKETS, ModelRunner, Shape, StepInput, _bucket, _width_bucket
 from kvcache.kv_store import PagedKVStore
 
 TINY = ModelConfig(name="tiny", vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=6,
@@ -46,9 +49,10 @@ def test_padded_decode_step_equals_unpadded_and_writes_nothing_extra():
     after_k = store.k.clone()
     store.k.copy_(before_k)
     store.v.copy_(before_v)
+    shape = runner.graph_shape(batch) or Shape(True, 4, 4, 16)  # None: graphs are off on the CPU
     rows, width = _bucket(len(batch), BATCH_BUCKETS), _width_bucket(4)
-    assert (rows, width) == (4, 16)
-    ids, meta, last = runner.prepare(batch, rows=rows, width=width)
+    assert (shape.rows, shape.width) == (rows, width) == (4, 16)
+    ids, meta, last = runner.prepare(batch, shape=shape)
     assert meta.is_decode and meta.block_tables.shape == (rows, width)
     assert meta.slot_mapping[len(batch):].eq(-1).all() and meta.seq_lens[len(batch):].eq(0).all()
     padded = model(ids, meta, store, logits_indices=last)
@@ -70,9 +74,71 @@ def test_mixed_step_packs_prefill_and_decode():
     assert meta.positions.tolist() == [5, 17, 9, 0, 1, 2] and ids[3:].tolist() == [3, 4, 5]
 
 
+def _padded_equals_unpadded(runner, store, batch, shape, interpret=False):
+    """Run `batch` unpadded, then padded to `shape` from the same cache: equal logits, equal cache."""
+    before = store.k.clone(), store.v.clone()
+    expected = runner.run(batch)
+    after = store.k.clone(), store.v.clone()
+    store.k.copy_(before[0])
+    store.v.copy_(before[1])
+    ids, meta, last = runner.prepare(batch, shape=shape)
+    assert len(ids) == shape.tokens and meta.query_tiles.shape == (2, shape.tiles)
+    assert meta.slot_mapping[sum(len(s.token_ids) for s in batch):].eq(-1).all()
+    if interpret:  # the prefill kernel reading the tile map, interpreted
+        layer = runner.model.layers[0].self_attn
+        q = torch.randn(shape.tokens, layer.num_heads, layer.head_dim)
+        k, v, scales = store.layer(0)
+        args = (q, k, v, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens, layer.scale, scales)
+        real = int(meta.cu_seqlens_q[len(batch)])
+        torch.testing.assert_close(kernels.paged_prefill_attention(*args, query_tiles=meta.query_tiles,
+                                                                   interpret=True)[:real],
+                                   kernels.paged_prefill_attention(*args)[:real], rtol=1e-4, atol=1e-4)
+    padded = runner.model(ids, meta, store, logits_indices=last)
+    torch.testing.assert_close(padded[:len(batch)], expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(store.k, after[0], rtol=1e-5, atol=1e-5, msg="padding wrote to the cache")
+    torch.testing.assert_close(store.v, after[1], rtol=1e-5, atol=1e-5, msg="padding wrote to the cache")
+
+
+def test_padded_mixed_step_equals_unpadded_and_writes_nothing_extra():
+    """A step of decode rows and prefill chunks, padded as its CUDA graph pads it: sequences to a
+    power of two, tokens to a token bucket (past every sequence's), the tile map for 20 tiles."""
+    gen = torch.Generator().manual_seed(2)
+    _, store, runner = _setup()
+    batch = _prefill_then_decode_batch(runner, gen)
+    batch.append(StepInput([3, 4, 5, 6, 7], 4, [500, 501, 502, 503, 504], [61, 62, 63], 9))  # a later chunk
+    batch.append(StepInput([9] * 11, 0, list(range(472, 483)), [59, 60], 11))  # a whole prompt
+    runner.use_cuda_graphs = True  # what the GPU would pick (nothing is captured here)
+    shape = runner.graph_shape(batch)
+    runner.use_cuda_graphs = False
+    tokens = 3 + 5 + 11
+    assert shape == Shape(False, _bucket(tokens, TOKEN_BUCKETS), 8, 16, 32 // runner.query_tile + 8)
+    _padded_equals_unpadded(runner, store, batch, shape, interpret=True)
+
+
+def test_graph_shapes():
+    gen = torch.Generator().manual_seed(4)
+    _, _, runner = _setup()
+    batch = _prefill_then_decode_batch(runner, gen)
+    runner.use_cuda_graphs = True  # the shapes a GPU would capture (nothing is captured here)
+    assert runner.graph_shape(batch) == Shape(True, 4, 4, 16)
+    assert runner.graph_shape(batch, score_out=[]) == Shape(True, 4, 4, 16, scores=True)
+    assert runner.graph_shape(batch, score_windows=[0, 2, 0]) is None  # prefill scores: eager
+    chunk = StepInput(list(range(300)), 0, list(range(300)), list(range(19)), 300)
+    assert runner.graph_shape([chunk]) == Shape(False, 320, 1, 32, 320 // runner.query_tile + 1)
+    assert runner.graph_shape([chunk] * 3 + [StepInput([1] * 1148, 0, [0] * 1148, [0] * 19, 1148)]).tokens == 2048
+    assert runner.graph_shape([chunk], score_out=[]) is None
+    big = StepInput([1] * 2100, 0, list(range(2100)), list(range(132)), 2100)
+    assert runner.graph_shape([big]) is None  # past max_graph_tokens
+    runner.use_cuda_graphs = False
+    assert runner.graph_shape(batch) is None
+
+
 def test_buckets():
     assert [_bucket(n, BATCH_BUCKETS) for n in (1, 3, 9, 16, 17, 250, 512, 513)] == [1, 4, 16, 16, 32, 256, 512, None]
     assert [_width_bucket(n) for n in (1, 16, 17, 100, 1000)] == [16, 16, 32, 128, 1024]
+    assert [_bucket(n, TOKEN_BUCKETS) for n in (1, 17, 129, 600, 2047, 2049)] == [16, 32, 144, 640, 2048, 2304]
+    steps = [b / a for a, b in zip(TOKEN_BUCKETS[7:], TOKEN_BUCKETS[8:])]
+    assert max(steps) <= 1.125 + 1e-9  # padding past 128 tokens costs at most 12.5%
 
 
 def test_fused_projection_weights_share_storage_and_survive_to():
