@@ -30,7 +30,7 @@ from engine.profile_file import (
     composition,
     step_row,
 )
-from engine.runner import BATCH_BUCKETS, MAX_GRAPH_TOKENS, MIN_WIDTH_BLOCKS, SEQ_BUCKETS, TOKEN_BUCKETS
+from engine.runner import BATCH_BUCKETS, MAX_GRAPH_TOKENS, MIN_WIDTH_BLOCKS, SEQ_BUCKETS, TOKEN_BUCKETS, ModelRunner
 from kvcache.sizing import kv_bytes_per_token
 
 
@@ -181,6 +181,14 @@ def versions() -> dict:
     return out
 
 
+def graph_settings(device: torch.device) -> dict:
+    """The CUDA-graph buckets steps are padded to (engine/runner.py); none where steps run eagerly."""
+    if not ModelRunner.graphs_by_default(device):
+        return {"cuda_graphs": False}
+    return {"cuda_graphs": True, "batch_buckets": BATCH_BUCKETS, "min_width_blocks": MIN_WIDTH_BLOCKS,
+            "token_buckets": [b for b in TOKEN_BUCKETS if b <= MAX_GRAPH_TOKENS], "seq_buckets": SEQ_BUCKETS}
+
+
 def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, grid: ProfileGrid,
            quick: bool, budget_s: float, argv: list[str]) -> dict:
     cuda = device.type == "cuda"
@@ -194,8 +202,6 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
             "settings": {"warmup": grid.warmup, "reps": grid.reps, "quick": quick, "budget_s": budget_s,
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
                                           "step_tokens": grid.step_tokens},
-                         "graph": {"batch_buckets": BATCH_BUCKETS, "min_width_blocks": MIN_WIDTH_BLOCKS,
-                                   "token_buckets": [b for b in TOKEN_BUCKETS if b <= MAX_GRAPH_TOKENS],
-                                   "seq_buckets": SEQ_BUCKETS},
+                         "graph": graph_settings(device),
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}

@@ -134,9 +134,7 @@ class ModelRunner:
                  max_graph_tokens: int = MAX_GRAPH_TOKENS):
         self.model, self.kv_store = model, kv_store
         self.device = torch.device(device) if device is not None else model.embed_tokens.weight.device
-        if use_cuda_graphs is None:  # KVSIM_CUDA_GRAPHS=0 runs every step eagerly (vLLM's enforce_eager)
-            use_cuda_graphs = self.device.type == "cuda" and os.environ.get("KVSIM_CUDA_GRAPHS", "1") != "0"
-        self.use_cuda_graphs = use_cuda_graphs
+        self.use_cuda_graphs = self.graphs_by_default(self.device) if use_cuda_graphs is None else use_cuda_graphs
         self.graph_buckets = [b for b in BATCH_BUCKETS if b <= max_graph_batch]
         self.token_buckets = [b for b in TOKEN_BUCKETS if b <= max_graph_tokens]
         self.seq_buckets = [b for b in SEQ_BUCKETS if b <= max_graph_batch]
@@ -147,6 +145,11 @@ class ModelRunner:
         # the widest table a graph takes: the store's blocks, or as many as the model has positions
         self.max_graph_width = _width_bucket(min(kv_store.num_blocks, -(-model.max_positions // kv_store.block_size)))
         self.captures = 0  # graphs captured so far (each costs a few eager steps, once)
+
+    @staticmethod
+    def graphs_by_default(device: torch.device) -> bool:
+        """CUDA graphs on CUDA, unless KVSIM_CUDA_GRAPHS=0 (every step eager: vLLM's enforce_eager)."""
+        return torch.device(device).type == "cuda" and os.environ.get("KVSIM_CUDA_GRAPHS", "1") != "0"
 
     # ---- eager ---------------------------------------------------------------------------------------
     def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
