@@ -11,14 +11,15 @@ decreasing), and below the first it goes down to 0 at most.
     (the sum); a long sequence in a short batch is bound by its own walk instead (split-K
     spreads it over the GPU only so far): the skew table is that walk, measured.
   steps with prefill chunks (n_j new tokens after s_j cached; N tokens in all; S sequences):
-      Lin(N) + L * prefill_attention(n_eq, 0) + sum_j [prefill_step(n_j, s_j) - prefill_step(n_j, 0)]
-      + L * max(decode_rows(B, c), decode_rows(1, m)) + head(S) - head(1) + [B > 0] (a + b * S * N)
+      Lin(N') + L * prefill_attention(n_eq, 0) + sum_j [prefill_step(n_j, s_j) - prefill_step(n_j, 0)]
+      + L * attention(B, c, m) + head(S) - head(1) + [B > 0] a
+    N' is N padded as the step's CUDA graph pads it (the profile's token buckets);
     Lin(N) = prefill_step(N, 0) - L * prefill_attention(N, 0) is a step without its attention;
     n_eq is the one chunk with as many causal pairs as all chunks (one kernel launch covers them);
     the context a chunk reads adds what it added to a measured step. One chunk alone is exactly
-    prefill_step. Decode rows in such a step run in the prefill kernel (one program walks a row's
-    whole context: hence its longest row alone bounds it); a and b are fitted to the measured
-    mixed steps (the calibrated sum; see _fit_mixed).
+    prefill_step. Decode rows in such a step run in the decode kernel, as in a decode step:
+    attention(B, c, m) = decode_attention(B, c) + max(0, skew(B, m) - decode_attention(B, c)); a is
+    the median of what measured mixed steps take beyond that sum (see _fit_mixed).
   swap and block copies: bytes over the measured bandwidths.
 
 That structural sum is then corrected by a small linear law per kind of step (class Correction),
@@ -127,15 +128,17 @@ class Correction:
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
         chunk tokens, decode rows, 1
     Least squares of the relative error (each row divided by its time: small steps count as much as
-    large ones), coefficients >= 0 but the constant. Without rows (an older profile) or with fewer
-    than MIN_ROWS_PER_FEATURE a feature, the structural prediction is kept unchanged."""
+    large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
+    Without rows (an older profile), with fewer than 2 * MIN_ROWS_PER_FEATURE a feature, or where
+    the check fails, the structural prediction is kept unchanged."""
 
     MIN_ROWS_PER_FEATURE = 3
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
              "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "constant_s")}
 
-    def __init__(self, weights: dict, fitted: set):
+    def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
+        self.checks = checks or {}  # kind -> held-out median errors, structural vs corrected
 
     @staticmethod
     def kind(s: StepShape) -> str:
@@ -165,19 +168,38 @@ class Correction:
                 x.append(cls.features(model, shape, model.structural(shape)))
                 y.append(values[-1])
                 shapes.append(shape)
-        weights = {}
+        weights, checks = {}, {}
         for kind, (x, y) in rows.items():
-            if len(y) >= cls.MIN_ROWS_PER_FEATURE * len(cls.NAMES[kind]):
+            if len(y) >= 2 * cls.MIN_ROWS_PER_FEATURE * len(cls.NAMES[kind]):
                 x, y = np.asarray(x), np.asarray(y)
-                weights[kind] = nonnegative_lstsq(x / y[:, None], np.ones(len(y)), free=(x.shape[1] - 1,))
-        return cls(weights, {cls.key(s) for s in shapes})
+                w, checks[kind] = cls._checked_fit(x, y)
+                if w is not None:
+                    weights[kind] = w
+        return cls(weights, {cls.key(s) for s in shapes}, checks)
+
+    @staticmethod
+    def _checked_fit(x: np.ndarray, y: np.ndarray):
+        """Fit on the even rows, score on the odd ones (median |relative error|): a law that does not
+        beat the structural sum (column 0) there is not used (a noisy table fits noise). Kept ones
+        are refitted on every row. -> (weights or None, the held-out medians)."""
+        fit = lambda xs, ys: nonnegative_lstsq(xs / ys[:, None], np.ones(len(ys)), free=(xs.shape[1] - 1,))
+        w = fit(x[::2], y[::2])
+        held_x, held_y = x[1::2], y[1::2]
+        corrected = float(np.median(abs(held_x @ w / held_y - 1)))
+        structural = float(np.median(abs(held_x[:, 0] / held_y - 1)))
+        check = {"held_out_rows": len(held_y), "structural": structural, "corrected": corrected}
+        return (fit(x, y) if corrected < structural else None), check
 
     def apply(self, model: CalibratedCostModel, s: StepShape, structural: float) -> float:
         w = self.weights.get(self.kind(s))
         return structural if w is None else float(np.dot(w, self.features(model, s, structural)))
 
     def describe(self) -> dict:
-        return {kind: dict(zip(self.NAMES[kind], map(float, w))) for kind, w in self.weights.items()}
+        out = {kind: dict(zip(self.NAMES[kind], map(float, w))) for kind, w in self.weights.items()}
+        for kind, check in self.checks.items():
+            out.setdefault(kind, {"not used": "no better than the structural sum on held-out rows"})
+            out[kind]["held_out"] = check
+        return out
 
 
 def _surface(tables: dict, name: str, row: str, col: str) -> Surface | None:
@@ -194,7 +216,6 @@ class CalibratedCostModel:
         self.decode = _surface(t, "decode_step", "batch", "context")
         self.prefill = _surface(t, "prefill_step", "cached", "tokens")
         self.prefill_attn = _surface(t, "prefill_attention", "cached", "tokens")
-        self.decode_rows = _surface(t, "prefill_decode_rows", "batch", "context")
         self.head = Curve(t["lm_head_sample"]["rows"], t["lm_head_sample"]["time_s"])
         self.attn = _surface(t, "decode_attention", "batch", "context")
         self.skew = _surface(t, "decode_attention_skew", "batch", "context")
@@ -207,28 +228,19 @@ class CalibratedCostModel:
         self.floor_s = min(t["decode_step"]["time_s"])  # no step is faster than the fastest one measured
         graph = profile.data.get("settings", {}).get("graph", {})
         self.token_buckets, self.seq_buckets = graph.get("token_buckets", ()), graph.get("seq_buckets", ())
-        self.mixed_offset_s, self.mixed_per_pair_s = self._fit_mixed(t.get("mixed_step"))
+        self.mixed_offset_s = self._fit_mixed(t.get("mixed_step"))
         self.block_size = profile.data["block_size"]
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
         self.correction = Correction.fit(self, t.get("random_steps"))
 
-    def _fit_mixed(self, mixed) -> tuple[float, float]:
-        """What measured mixed steps take beyond the sum of their parts: a + b * S * N, S sequences
-        and N tokens (the prefill kernel's grid spans every sequence times every token; the rows
-        past a sequence's own tokens exit at once, but they are launched). b >= 0 by least squares,
-        a the median of what is left."""
+    def _fit_mixed(self, mixed) -> float:
+        """What measured mixed steps take beyond the sum of their parts (two kernels where a pure
+        step has one): the median over the mixed_step table, 0 without it."""
         if not mixed or not mixed["time_s"]:
-            return 0.0, 0.0
-        spans, residuals = [], []
-        for n, cached, b, context, measured in zip(*(mixed[k] for k in TABLES["mixed_step"])):
-            spans.append((1 + b) * (n + b))
-            residuals.append(measured - self._with_prefill(((cached, n),), b, b * context, context, 1 + b))
-        slope = 0.0
-        if len(set(spans)) > 1:
-            mx, mr = statistics.fmean(spans), statistics.fmean(residuals)
-            cov = sum((x - mx) * (r - mr) for x, r in zip(spans, residuals))
-            slope = max(0.0, cov / sum((x - mx) ** 2 for x in spans))
-        return statistics.median(r - slope * x for x, r in zip(spans, residuals)), slope
+            return 0.0
+        return statistics.median(
+            measured - self._with_prefill(((cached, n),), b, b * context, context, 1 + b)
+            for n, cached, b, context, measured in zip(*(mixed[k] for k in TABLES["mixed_step"])))
 
     def step_time(self, s: StepShape) -> float:
         if s.num_tokens == 0:
@@ -243,15 +255,17 @@ class CalibratedCostModel:
         b = s.num_decode_seqs
         if not s.prefill_chunks:
             mean = s.decode_context_tokens / b
-            step = self.decode(b, mean)
-            if self.skew is not None and s.decode_max_context > mean:
-                step += self.layers * max(0.0, self.skew(b, s.decode_max_context) - self.attn(b, mean))
-            return step
+            return self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context)
         num_seqs = len(s.prefill_chunks) + b
         step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs)
-        if b:
-            step += self.mixed_offset_s + self.mixed_per_pair_s * num_seqs * s.num_tokens
-        return step
+        return step + (self.mixed_offset_s if b else 0.0)
+
+    def _skew(self, b: int, mean: float, longest: int) -> float:
+        """What one layer's decode kernel takes beyond the uniform batch when its longest sequence
+        walks longer than the batch's bytes take (the skew table: that walk, measured)."""
+        if self.skew is None or longest <= mean:
+            return 0.0
+        return max(0.0, self.skew(b, longest) - self.attn(b, mean))
 
     def graph_tokens(self, tokens: int, num_seqs: int) -> int:
         """The tokens a prefill step's CUDA graph runs (engine/runner.py): up to the token bucket;
@@ -270,8 +284,9 @@ class CalibratedCostModel:
         for cached, n in chunks:
             if cached:
                 t += prefill(cached, n) - prefill(0, n)
-        if num_decode:
-            t += L * max(self.decode_rows(num_decode, decode_tokens / num_decode), self.decode_rows(1, max_context))
+        if num_decode:  # the decode kernel over the one-token rows
+            mean = decode_tokens / num_decode
+            t += L * (self.attn(num_decode, mean) + self._skew(num_decode, mean, max_context))
         return t + self.head(num_seqs) - self.head(1)
 
 

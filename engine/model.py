@@ -45,6 +45,8 @@ class AttentionMetadata:
     score_windows: torch.Tensor | None = None
     max_query_len: int | None = None  # host int: the most new tokens of any sequence (trims the prefill grid)
     query_tiles: torch.Tensor | None = None  # [2, N] int32 prefill kernel tile map (a graph's fixed grid)
+    decode_seq_lens: torch.Tensor | None = None  # [D] int32: in a step with prefill chunks, the first D
+    # sequences' lengths where they feed one token (they run in the decode kernel), else 0
 
 
 class RMSNorm(nn.Module):
@@ -110,6 +112,11 @@ class Attention(nn.Module):
             o = kernels.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
                                                 meta.seq_lens, self.scale, kv_scales=kv_scales,
                                                 max_query_len=meta.max_query_len, query_tiles=meta.query_tiles)
+            if meta.decode_seq_lens is not None:  # the one-token sequences, packed first: split-K decode
+                d = len(meta.decode_seq_lens)
+                od = kernels.paged_decode_attention(q[:d], k_cache, v_cache, meta.block_tables[:d],
+                                                    meta.decode_seq_lens, self.scale, kv_scales=kv_scales)
+                o[:d] = torch.where((meta.decode_seq_lens > 0)[:, None, None], od, o[:d])
             if meta.score_out is not None:
                 paged_prefill_scores_ref(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
                                          self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales)

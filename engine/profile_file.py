@@ -40,7 +40,7 @@ TABLES = {  # name -> columns (the last one is the time)
     "prefill_step": ("tokens", "cached", "time_s"),  # whole step: one chunk of `tokens` after `cached`
     "mixed_step": ("tokens", "cached", "batch", "context", "time_s"),  # a chunk + a decode batch
     "prefill_attention": ("tokens", "cached", "time_s"),  # prefill kernel, one layer
-    "prefill_decode_rows": ("batch", "context", "time_s"),  # prefill kernel on one-token rows, one layer
+    "prefill_decode_rows": ("batch", "context", "time_s"),  # (profiles before 2026-11-23 (3); unused)
     "decode_attention": ("batch", "context", "time_s"),  # decode kernel, one layer
     "decode_attention_skew": ("batch", "context", "time_s"),  # one sequence at `context`, the rest 1 block
     "lm_head_sample": ("rows", "time_s"),  # final norm + LM head + sampling
@@ -52,7 +52,7 @@ TABLES = {  # name -> columns (the last one is the time)
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),
 }
 DERIVED = ("decode_overhead",)  # differences of measurements: noise can make them negative
-REQUIRED = ("decode_step", "prefill_step", "prefill_attention", "prefill_decode_rows", "lm_head_sample")
+REQUIRED = ("decode_step", "prefill_step", "prefill_attention", "decode_attention", "lm_head_sample")
 MAX_CHUNKS = 6  # prefill chunks a random_steps row records (chunk1_tokens, chunk1_cached, ...)
 PROFILES_ENV = "KVSIM_PROFILES"  # files or folders (os.pathsep-separated) searched before the shipped ones
 

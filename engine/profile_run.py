@@ -39,7 +39,6 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
     bs = bench.block_size
     decode = [(b, c) for b in coarse_first(grid.batches) for c in grid.contexts]
     prefill = [(n, s) for s in grid.prefill_cached for n in coarse_first(grid.prefill_tokens)]
-    rows = [(b, c) for b in coarse_first(every_other(grid.batches)) for c in every_other(grid.contexts)]
     skew = [(b, c) for b in coarse_first(every_other([b for b in grid.batches if b > 1] or [2]))
             for c in every_other(grid.contexts) if c > bs]
     tokens = sorted(set(grid.batches) | set(grid.prefill_tokens))
@@ -51,8 +50,6 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
                           for n, s in prefill]),
         ("prefill_attention", [((n, s), [s + n], lambda n=n, s=s: op(bench.prefill_attention([s + n], [n])))
                                for n, s in prefill]),
-        ("prefill_decode_rows", [((b, c), [c] * b, lambda b=b, c=c: op(bench.prefill_attention([c] * b, [1] * b)))
-                                 for b, c in rows]),
         ("lm_head_sample", [((r,), [1], lambda r=r: step(bench.lm_head_sample(r))) for r in grid.batches]),
         ("mixed_step", [((n, s, b, c), [s + n] + [c] * b,
                          lambda n=n, s=s, b=b, c=c: step(bench.step(bench.inputs([s + n] + [c] * b, [n] + [1] * b))))

@@ -65,6 +65,9 @@ class Shape:
     tokens  packed tokens (>= the batch's new tokens, + one per padding row in a decode step)
     rows    sequences (>= the batch's); width: block-table columns
     tiles   entries of the prefill kernel's query-tile map (0: the kernel sizes its own grid)
+    split   a step with prefill chunks whose one-token sequences (decode rows) run in the decode
+            kernel (split-K: a long context is not one program's serial walk): they are packed
+            first, the tile map leaves them out (not with scores: those rows keep their order)
     """
 
     decode: bool
@@ -73,6 +76,12 @@ class Shape:
     width: int
     tiles: int = 0
     scores: bool = False
+    split: bool = False
+
+    @property
+    def decode_rows(self) -> int:
+        """Leading rows the decode kernel takes in a split step (those of one token; the rest read 0)."""
+        return min(self.rows, self.tokens) if self.split else 0
 
     def size(self) -> int:
         return 3 * self.tokens + 3 * self.rows + 1 + self.rows * self.width + 2 * self.tiles
@@ -101,8 +110,11 @@ def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     Rows past len(batch) are padding: length 0, table 0, and in a decode step one token that writes
     nowhere (slot -1; a decode graph has a token per row), else none; tokens past the rows' are
     padding of no sequence (slot -1). The query-tile map covers the batch's own tokens in tiles
-    of `tile` (kernels/tiles.py), then -1."""
+    of `tile` (kernels/tiles.py), then -1. A split step packs its one-token sequences first (the
+    logits rows stay in the batch's order) and leaves them out of the tile map."""
     lens = np.fromiter((len(s.token_ids) for s in batch), np.int64, len(batch))
+    order = np.argsort(lens != 1, kind="stable") if shape.split else np.arange(len(batch))
+    batch, lens = [batch[b] for b in order], lens[order]
     pad_tokens = 1 if shape.decode else 0  # per padding row
     used = int(lens.sum()) + pad_tokens * (shape.rows - len(batch))
     assert len(batch) <= shape.rows and used <= shape.tokens, f"{len(batch)} sequences, {used} tokens exceed {shape}"
@@ -123,8 +135,9 @@ def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     cu[1:len(batch) + 1] = np.cumsum(lens)
     cu[len(batch) + 1:] = cu[len(batch)] + pad_tokens * np.arange(1, shape.rows - len(batch) + 1)
     last[:] = np.maximum(cu[1:] - 1, 0)  # a padding row without tokens points at a real token
+    last[order] = last[:len(batch)].copy()  # logits in the batch's order
     if shape.tiles:
-        tiles[:] = prefill_query_tiles(lens, tile, shape.tiles)
+        tiles[:] = prefill_query_tiles(np.where(shape.split & (lens == 1), 0, lens), tile, shape.tiles)
     return out
 
 
@@ -193,8 +206,11 @@ class ModelRunner:
 
     # ---- shapes --------------------------------------------------------------------------------------
     def _exact_shape(self, batch: list[StepInput], scores: bool) -> Shape:
-        tokens = sum(len(s.token_ids) for s in batch)
-        return Shape(tokens == len(batch), tokens, len(batch), max(len(s.block_table) for s in batch), scores=scores)
+        tokens, rows = sum(len(s.token_ids) for s in batch), len(batch)
+        width = max(len(s.block_table) for s in batch)
+        if tokens == rows or scores:
+            return Shape(tokens == rows, tokens, rows, width, scores=scores)
+        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), split=True)
 
     def graph_shape(self, batch: list[StepInput], score_out=None, score_windows=None) -> Shape | None:
         """The padded shape of the graph this step replays, or None if it runs eagerly."""
@@ -213,7 +229,7 @@ class ModelRunner:
         padded = _bucket(tokens, self.token_buckets)
         if padded is None:
             return None
-        return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile))
+        return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile), split=True)
 
     def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
                                                                                 torch.Tensor]:
@@ -224,6 +240,9 @@ class ModelRunner:
             positions=pos, slot_mapping=slots, block_tables=tables.to(torch.int32), seq_lens=seq_lens.to(torch.int32),
             cu_seqlens_q=cu.to(torch.int32), is_decode=shape.decode, score_out=score_out,
             query_tiles=tiles.to(torch.int32) if shape.tiles else None)
+        if shape.split:  # rows of one token read their context in the decode kernel, the others nothing there
+            d = shape.decode_rows
+            meta.decode_seq_lens = torch.where(cu[1:d + 1] - cu[:d] == 1, seq_lens[:d], 0).to(torch.int32)
         return meta, ids, last
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------

@@ -84,17 +84,26 @@ def _padded_equals_unpadded(runner, store, batch, shape, interpret=False):
     ids, meta, last = runner.prepare(batch, shape=shape)
     assert len(ids) == shape.tokens and meta.query_tiles.shape == (2, shape.tiles)
     assert meta.slot_mapping[sum(len(s.token_ids) for s in batch):].eq(-1).all()
-    if interpret:  # the prefill kernel reading the tile map, interpreted
+    if interpret:  # the prefill kernel reading the tile map, interpreted: the chunks' tokens
         layer = runner.model.layers[0].self_attn
         q = torch.randn(shape.tokens, layer.num_heads, layer.head_dim)
         k, v, scales = store.layer(0)
         args = (q, k, v, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens, layer.scale, scales)
-        real = int(meta.cu_seqlens_q[len(batch)])
+        cu = meta.cu_seqlens_q.tolist()
+        chunk_tokens = [t for b in range(len(batch)) if cu[b + 1] - cu[b] > 1 for t in range(cu[b], cu[b + 1])]
+        assert len(chunk_tokens) == 16 and meta.decode_seq_lens[:3].tolist() == [5 + 1, 17 + 1, 9 + 1]
         torch.testing.assert_close(kernels.paged_prefill_attention(*args, query_tiles=meta.query_tiles,
-                                                                   interpret=True)[:real],
-                                   kernels.paged_prefill_attention(*args)[:real], rtol=1e-4, atol=1e-4)
+                                                                   interpret=True)[chunk_tokens],
+                                   kernels.paged_prefill_attention(*args)[chunk_tokens], rtol=1e-4, atol=1e-4)
     padded = runner.model(ids, meta, store, logits_indices=last)
     torch.testing.assert_close(padded[:len(batch)], expected, rtol=1e-5, atol=1e-5)
+    # decode rows in the decode kernel (split, packed first) = every row in the prefill kernel, in order
+    store.k.copy_(before[0])
+    store.v.copy_(before[1])
+    tokens, width = sum(len(s.token_ids) for s in batch), max(len(s.block_table) for s in batch)
+    ids, meta, last = runner.prepare(batch, shape=Shape(False, tokens, len(batch), width))
+    assert meta.decode_seq_lens is None
+    torch.testing.assert_close(runner.model(ids, meta, store, logits_indices=last), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(store.k, after[0], rtol=1e-5, atol=1e-5, msg="padding wrote to the cache")
     torch.testing.assert_close(store.v, after[1], rtol=1e-5, atol=1e-5, msg="padding wrote to the cache")
 
@@ -111,7 +120,8 @@ def test_padded_mixed_step_equals_unpadded_and_writes_nothing_extra():
     shape = runner.graph_shape(batch)
     runner.use_cuda_graphs = False
     tokens = 3 + 5 + 11
-    assert shape == Shape(False, _bucket(tokens, TOKEN_BUCKETS), 8, 16, 32 // runner.query_tile + 8)
+    assert shape == Shape(False, _bucket(tokens, TOKEN_BUCKETS), 8, 16, 32 // runner.query_tile + 8, split=True)
+    batch = batch[3:4] + batch[:3] + batch[4:]  # a chunk first: the decode rows are packed first anyway
     _padded_equals_unpadded(runner, store, batch, shape, interpret=True)
 
 
@@ -124,7 +134,7 @@ def test_graph_shapes():
     assert runner.graph_shape(batch, score_out=[]) == Shape(True, 4, 4, 16, scores=True)
     assert runner.graph_shape(batch, score_windows=[0, 2, 0]) is None  # prefill scores: eager
     chunk = StepInput(list(range(300)), 0, list(range(300)), list(range(19)), 300)
-    assert runner.graph_shape([chunk]) == Shape(False, 320, 1, 32, 320 // runner.query_tile + 1)
+    assert runner.graph_shape([chunk]) == Shape(False, 320, 1, 32, 320 // runner.query_tile + 1, split=True)
     assert runner.graph_shape([chunk] * 3 + [StepInput([1] * 1148, 0, [0] * 1148, [0] * 19, 1148)]).tokens == 2048
     assert runner.graph_shape([chunk], score_out=[]) is None
     big = StepInput([1] * 2100, 0, list(range(2100)), list(range(132)), 2100)
