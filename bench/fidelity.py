@@ -46,18 +46,18 @@ FLOORS = {"step_median": 0.05, "step_p95": 0.15, "e2e": 0.05}  # issue 8
 
 class StepRecorder:
     """Wraps a compute backend's execute: each step's composition and measured duration. Before
-    the run it warms what a timed step must not pay for: Triton compiles and graph captures."""
+    the run it warms what a timed step must not pay for: Triton compiles of the eager steps (the
+    backend itself captures each CUDA graph before the step that needs it is timed)."""
 
-    def __init__(self, max_context: int, eager_sizes: tuple):
+    def __init__(self, eager_sizes: tuple):
         self.records: list[tuple] = []
-        self.max_context, self.eager_sizes = max_context, eager_sizes
+        self.eager_sizes = eager_sizes
 
     def attach(self, sim) -> None:
         from engine.backends.analytic import step_shape
 
         backend = sim.backend
         warm_eager_steps(backend.runner, *self.eager_sizes)
-        warm_decode_graphs(backend.runner, sim.config.max_num_seqs, self.max_context)
         execute = backend.execute
 
         def recorded(scheduled, kv, swap_bytes: int = 0):
@@ -70,32 +70,21 @@ class StepRecorder:
 
 
 def warm_eager_steps(runner, tokens, cached) -> None:
-    """Prefill and mixed steps of assorted sizes (slot -1 writes nowhere), so that Triton has
-    compiled its variants before anything is timed."""
+    """Prefill and mixed steps of assorted sizes run eagerly (slot -1 writes nowhere), so that
+    Triton has compiled their variants before a step that runs eagerly (more tokens than a graph
+    takes) is timed."""
     from engine.runner import StepInput
 
-    block_size = runner.kv_store.block_size
-    for n in tokens:
-        for c in cached:
-            chunk = StepInput([0] * n, c, [-1] * n, [0] * -(-(c + n) // block_size), c + n)
-            runner.run([chunk])
-            runner.run([chunk, *[StepInput([0], 40, [-1], [0] * 3, 41) for _ in range(3)]])
-
-
-def warm_decode_graphs(runner, max_batch: int, max_context: int) -> None:
-    """One decode step of every (batch bucket, table width) the run can meet: on a GPU each is a
-    CUDA graph captured on first use, which must not happen inside a timed step."""
-    import engine.runner as runner_module
-    from engine.runner import StepInput
-
-    buckets = [b for b in getattr(runner, "graph_buckets", []) if b <= max_batch]
-    width = getattr(runner_module, "MIN_WIDTH_BLOCKS", 16)
-    needed = -(-max_context // runner.kv_store.block_size)
-    top = min(getattr(runner, "max_graph_width", width), max(width, 1 << (needed - 1).bit_length()))
-    while width <= top:
-        for rows in buckets:  # slot -1 writes nowhere; each row reads one slot
-            runner.run([StepInput([0], 0, [-1], [0] * width, 1) for _ in range(rows)])
-        width *= 2
+    block_size, graphs = runner.kv_store.block_size, runner.use_cuda_graphs
+    runner.use_cuda_graphs = False
+    try:
+        for n in tokens:
+            for c in cached:
+                chunk = StepInput([0] * n, c, [-1] * n, [0] * -(-(c + n) // block_size), c + n)
+                runner.run([chunk])
+                runner.run([chunk, *[StepInput([0], 40, [-1], [0] * 3, 41) for _ in range(3)]])
+    finally:
+        runner.use_cuda_graphs = graphs
 
 
 def step_errors(records, cost) -> dict:
@@ -186,11 +175,11 @@ def make_point(args, kv: str, policy: str, trace: Path, gpu: str, backend: str):
                  workload=WorkloadOptions(trace=str(trace), rate_scale=args.rate_scale))
 
 
-def run_config(args, kv: str, policy: str, trace: Path, gpu: str, max_context: int) -> tuple[dict, list]:
+def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict, list]:
     """The compute run of one configuration, then its scoring -> (result row, step records)."""
     from kvsim.simulate import run_point
 
-    recorder = StepRecorder(max_context, ((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)))
+    recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)))
     start = time.perf_counter()
     compute = run_point(make_point(args, kv, policy, trace, gpu, "compute"), on_build=recorder.attach)
     batch = compute.steps.batch_size
@@ -324,10 +313,6 @@ def main() -> None:
     if args.profile:
         os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
     trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work, args.offset)
-    import pandas as pd
-
-    rows = pd.read_csv(trace)
-    max_context = int((rows.ContextTokens + rows.GeneratedTokens).max())
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
               "weights": "random" if args.random_weights else "real", "trace": DEFAULT_TRACE.name,
               "requests": args.requests, "offset": args.offset, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
@@ -347,7 +332,7 @@ def main() -> None:
             break
         began = time.perf_counter()
         try:
-            row, records = run_config(args, kv, policy, trace, gpu, max_context)
+            row, records = run_config(args, kv, policy, trace, gpu)
             steps[f"{kv}/{policy}"] = records_json(records)
             steps_path.write_text(json.dumps(steps))  # compact: thousands of rows
         except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others

@@ -40,6 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from engine.buckets import bucket
 from engine.config import ModelConfig
 from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
@@ -272,7 +273,7 @@ class CalibratedCostModel:
         unchanged where the step runs eagerly (or the profile predates prefill graphs)."""
         if self.seq_buckets and num_seqs > self.seq_buckets[-1]:
             return tokens
-        return next((b for b in self.token_buckets if b >= tokens), tokens)
+        return bucket(tokens, self.token_buckets) or tokens
 
     def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int) -> float:
         """A step with prefill chunks [(cached, new)] and num_decode rows, without the mixed offset."""

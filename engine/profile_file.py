@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from engine.buckets import bucket, width_bucket
 from engine.config import ModelConfig
 from engine.cost_model import StepShape, causal_pairs
 from engine.errors import ConfigError
@@ -60,9 +61,7 @@ PROFILES_ENV = "KVSIM_PROFILES"  # files or folders (os.pathsep-separated) searc
 def padded(batch: int, context_max: int, block_size: int, buckets=(), min_width_blocks: int = 1) -> tuple[int, int]:
     """(rows, table width in blocks) a decode step's CUDA graph is captured for: the batch padded to
     the first bucket >= it (itself past the last), the longest table to a power of two."""
-    rows = next((b for b in buckets if b >= batch), batch)
-    blocks = max(1, -(-context_max // block_size))
-    return rows, max(min_width_blocks, 1 << (blocks - 1).bit_length())
+    return bucket(batch, buckets) or batch, width_bucket(-(-context_max // block_size), min_width_blocks)
 
 
 def step_row(shape: StepShape, block_size: int, buckets=(), min_width_blocks: int = 1) -> tuple:

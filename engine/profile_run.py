@@ -11,6 +11,7 @@ import time
 import numpy as np
 import torch
 
+from engine.buckets import BATCH_BUCKETS, MAX_GRAPH_TOKENS, MIN_WIDTH_BLOCKS, SEQ_BUCKETS, TOKEN_BUCKETS
 from engine.config import ModelConfig
 from engine.profile import (
     RANDOM_STEP_REPS,
@@ -30,7 +31,7 @@ from engine.profile_file import (
     composition,
     step_row,
 )
-from engine.runner import BATCH_BUCKETS, MAX_GRAPH_TOKENS, MIN_WIDTH_BLOCKS, SEQ_BUCKETS, TOKEN_BUCKETS, ModelRunner
+from engine.runner import ModelRunner
 from kvcache.sizing import kv_bytes_per_token
 
 

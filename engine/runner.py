@@ -26,18 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from engine.buckets import BATCH_BUCKETS, MAX_GRAPH_TOKENS, SEQ_BUCKETS, TOKEN_BUCKETS, bucket, width_bucket
 from engine.model import AttentionMetadata, LlamaModel
 from kernels.tiles import max_query_tiles, prefill_query_tile, prefill_query_tiles
-
-# Batch buckets as vLLM's: small powers of two, then steps of 16 (padding costs at most 15 rows)
-BATCH_BUCKETS = [1, 2, 4, 8] + list(range(16, 513, 16))
-MIN_WIDTH_BLOCKS = 16  # block-table width buckets: powers of two from this many blocks
-# Prefill steps: tokens in steps of 16 to 128, then eight steps per doubling (padding <= 12.5%);
-# sequences in powers of two (a padding sequence costs one token and one table row)
-TOKEN_BUCKETS = list(range(16, 128, 16)) + [p + i * p // 8 for p in (128, 256, 512, 1024, 2048, 4096)
-                                           for i in range(8)] + [8192]
-SEQ_BUCKETS = [1 << i for i in range(10)]
-MAX_GRAPH_TOKENS = 2048  # the scheduler's default step budget; larger prefill steps are GPU-bound anyway
 
 
 @dataclass
@@ -85,14 +76,6 @@ class Shape:
 
     def size(self) -> int:
         return 3 * self.tokens + 3 * self.rows + 1 + self.rows * self.width + 2 * self.tiles
-
-
-def _bucket(n: int, buckets: list[int]) -> int | None:
-    return next((b for b in buckets if b >= n), None)
-
-
-def _width_bucket(blocks: int) -> int:
-    return max(MIN_WIDTH_BLOCKS, 1 << (max(blocks, 1) - 1).bit_length())
 
 
 def _fields(packed, shape: Shape):
@@ -156,7 +139,7 @@ class ModelRunner:
         self._pool = None
         self._inputs: torch.Tensor | None = None  # the packed inputs every graph reads, sized once
         # the widest table a graph takes: the store's blocks, or as many as the model has positions
-        self.max_graph_width = _width_bucket(min(kv_store.num_blocks, -(-model.max_positions // kv_store.block_size)))
+        self.max_graph_width = width_bucket(min(kv_store.num_blocks, -(-model.max_positions // kv_store.block_size)))
         self.captures = 0  # graphs captured so far (each costs a few eager steps, once)
 
     @staticmethod
@@ -205,31 +188,33 @@ class ModelRunner:
         return True
 
     # ---- shapes --------------------------------------------------------------------------------------
+    def _prefill_shape(self, tokens: int, rows: int, width: int) -> Shape:
+        """A step with prefill chunks and no attention scores: its tile map holds the most tiles
+        `rows` sequences of `tokens` tokens can need, its decode rows run split."""
+        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), split=True)
+
     def _exact_shape(self, batch: list[StepInput], scores: bool) -> Shape:
         tokens, rows = sum(len(s.token_ids) for s in batch), len(batch)
         width = max(len(s.block_table) for s in batch)
         if tokens == rows or scores:
             return Shape(tokens == rows, tokens, rows, width, scores=scores)
-        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), split=True)
+        return self._prefill_shape(tokens, rows, width)
 
     def graph_shape(self, batch: list[StepInput], score_out=None, score_windows=None) -> Shape | None:
         """The padded shape of the graph this step replays, or None if it runs eagerly."""
         if not self.use_cuda_graphs or any(score_windows or ()):
             return None
-        width = _width_bucket(max(len(s.block_table) for s in batch))
+        width = width_bucket(max(len(s.block_table) for s in batch))
         if width > self.max_graph_width:
             return None
         n, tokens = len(batch), sum(len(s.token_ids) for s in batch)
         if tokens == n:
-            rows = _bucket(n, self.graph_buckets)
+            rows = bucket(n, self.graph_buckets)
             return None if rows is None else Shape(True, rows, rows, width, scores=score_out is not None)
-        rows = _bucket(n, self.seq_buckets)
-        if score_out is not None or rows is None:
+        rows, padded = bucket(n, self.seq_buckets), bucket(tokens, self.token_buckets)
+        if score_out is not None or rows is None or padded is None:
             return None
-        padded = _bucket(tokens, self.token_buckets)
-        if padded is None:
-            return None
-        return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile), split=True)
+        return self._prefill_shape(padded, rows, width)
 
     def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
                                                                                 torch.Tensor]:
@@ -252,8 +237,7 @@ class ModelRunner:
             most, tokens = self.graph_buckets[-1], self.token_buckets[-1] if self.token_buckets else 0
             seqs = self.seq_buckets[-1]
             largest = max(Shape(True, most, most, self.max_graph_width).size(),
-                          Shape(False, tokens, seqs, self.max_graph_width,
-                                max_query_tiles(tokens, seqs, self.query_tile)).size())
+                          self._prefill_shape(tokens, seqs, self.max_graph_width).size())
             self._inputs = torch.zeros(largest, dtype=torch.int64, device=self.device)
         return self._inputs
 

@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from kernels._dispatch import triton_interprets
-from kernels.tiles import PREFILL_BLOCK_ROWS, prefill_query_tile
 from kernels.attention_tile import attend_tile, cache_strides, dot_dtype, q_tl_dtype
 from kernels.decode_attention import LOG2E
+from kernels.tiles import PREFILL_BLOCK_ROWS, prefill_query_tile
 
 INTERPRETED = triton_interprets()
 

@@ -14,7 +14,10 @@ from engine.config import ModelConfig
 from engine.loader import random_model
 from engine.model import fused_weight
 import kernels
-from engine.runner import BATCH_BUCKETS, TOKEN_BUCKETS, ModelRunner, Shape, StepInput, _bucket, _width_bucket
+from engine.buckets import BATCH_BUCKETS, TOKEN_BUCKETS
+from engine.buckets import bucket as _bucket
+from engine.buckets import width_bucket as _width_bucket
+from engine.runner import ModelRunner, Shape, StepInput
 from kvcache.kv_store import PagedKVStore
 
 TINY = ModelConfig(name="tiny", vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=6,
