@@ -47,6 +47,13 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def logit_agreement(ours, ref) -> tuple[float, float, float]:
+    """(max |ours - ref|, max |ref|, fraction of rows whose argmax agrees) of two logits tensors
+    [..., vocab]: how the benches compare a path with its peer."""
+    return ((ours - ref).abs().max().item(), ref.abs().max().item(),
+            (ours.argmax(-1) == ref.argmax(-1)).float().mean().item())
+
+
 def copy_bandwidth(device="cuda", num_bytes: int = 2**30) -> dict:
     """Device-to-device copy bandwidth: bytes read + bytes written per second, the convention of
     bench/kernels.py (a 1 GiB copy moves 2 GiB). On a GPU, the median of triton.testing.do_bench

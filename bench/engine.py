@@ -41,9 +41,10 @@ sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspat
 
 import torch  # noqa: E402
 
-from bench.common import copy_bandwidth, environment, write_json  # noqa: E402
+from bench.common import copy_bandwidth, environment, logit_agreement, write_json  # noqa: E402
 from engine.config import ModelConfig, RopeScaling  # noqa: E402
 from engine.loader import LoadedModel, load_model, random_model  # noqa: E402
+from engine.profile import Stopwatch  # noqa: E402
 from engine.runner import ModelRunner, StepInput  # noqa: E402
 from kvcache.kv_store import PagedKVStore  # noqa: E402
 from kvcache.sizing import KVShape, kv_bytes_per_token  # noqa: E402
@@ -141,32 +142,6 @@ def free_cuda_memory() -> None:
             log(f"free_cuda_memory: {short_error(e)}")
 
 
-class Timer:
-    """Elapsed ms between start() and stop(): CUDA events on a GPU, perf_counter on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def start(self):
-        if self.cuda:
-            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.begin.record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def stop(self) -> None:
-        if self.cuda:
-            self.end.record()
-        else:
-            self.ms = (time.perf_counter() - self.t0) * 1e3
-
-    def elapsed_ms(self) -> float:
-        if self.cuda:
-            self.end.synchronize()
-            return self.begin.elapsed_time(self.end)
-        return self.ms
-
-
 # ---------------------------------------------------------------- models
 def load(name: str, s: Settings) -> LoadedModel:
     dtype = DTYPES[s.dtype]
@@ -232,8 +207,8 @@ def hf_check(loaded: LoadedModel, hf) -> dict:
     ours = generate(loaded, [ids], 1, stop_at_eos=False, record_logits=True).logits[0][0].float()
     with torch.no_grad():
         ref = hf(torch.tensor([ids], device=loaded.model.embed_tokens.weight.device)).logits[0, -1].float().cpu()
-    return {"max_abs_logit_diff": (ours - ref).abs().max().item(), "max_abs_logit": ref.abs().max().item(),
-            "same_argmax": bool(ours.argmax() == ref.argmax())}
+    diff, scale, agree = logit_agreement(ours, ref)
+    return {"max_abs_logit_diff": diff, "max_abs_logit": scale, "same_argmax": agree == 1.0}
 
 
 # ---------------------------------------------------------------- ours
@@ -281,7 +256,7 @@ def decode_row(runner: ModelRunner, store: PagedKVStore, loaded: LoadedModel, s:
         return [StepInput([toks[b]], pos, [tables[b][blk] * BLOCK_SIZE + off], tables[b][: blk + 1], pos + 1)
                 for b in range(batch)]
 
-    timer = Timer(device)
+    timer = Stopwatch(device)
     step_ms, host_ms, first_ms = [], [], None
     for i in range(s.warmup_steps + s.timed_steps):
         t0 = time.perf_counter()
@@ -315,9 +290,8 @@ def decode_row(runner: ModelRunner, store: PagedKVStore, loaded: LoadedModel, s:
         step_in = inputs(tokens, pos0 + max(s.pipelined_steps, 1) - 1)  # a position the table covers
         graph_logits = runner.run(step_in)
         eager_logits = ModelRunner(loaded.model, store, use_cuda_graphs=False).run(step_in)
-        check = {"graph_vs_eager_max_abs": (graph_logits - eager_logits).abs().max().item(),
-                 "graph_vs_eager_max_logit": eager_logits.abs().max().item(),
-                 "graph_vs_eager_argmax_agree": (graph_logits.argmax(-1) == eager_logits.argmax(-1)).float().mean().item()}
+        check = dict(zip(("graph_vs_eager_max_abs", "graph_vs_eager_max_logit", "graph_vs_eager_argmax_agree"),
+                         logit_agreement(graph_logits, eager_logits)))
     step = statistics.median(step_ms)
     return {"step_ms": step, "step_ms_min": min(step_ms), "step_ms_max": max(step_ms), "host_ms": statistics.median(host_ms),
             "pipelined_ms": pipelined_ms, "pipelined_host_ms": pipelined_host_ms, "first_step_ms": first_ms,

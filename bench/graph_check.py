@@ -23,7 +23,7 @@ sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspat
 
 import torch  # noqa: E402
 
-from bench.common import environment, write_json  # noqa: E402
+from bench.common import environment, logit_agreement, write_json  # noqa: E402
 from engine.generate import generate  # noqa: E402
 from engine.loader import load_model  # noqa: E402
 
@@ -41,9 +41,9 @@ def compare(a, b) -> dict:
             break
     upto = first_diff + 1 if first_diff is not None else len(a.logits)  # logits of step k precede token k
     la, lb = torch.stack(a.logits[:upto]), torch.stack(b.logits[:upto])
+    diff, scale, agree = logit_agreement(la, lb)
     return {"steps_compared": upto, "first_token_difference_step": first_diff,
-            "max_abs_logit_diff": (la - lb).abs().max().item(), "max_abs_logit": lb.abs().max().item(),
-            "top1_agreement": (la.argmax(-1) == lb.argmax(-1)).float().mean().item()}
+            "max_abs_logit_diff": diff, "max_abs_logit": scale, "top1_agreement": agree}
 
 
 def main() -> None:

@@ -25,8 +25,9 @@ sys.path[:] = [os.path.dirname(_BENCH)] + [p for p in sys.path if os.path.abspat
 import torch  # noqa: E402
 
 from bench.common import environment, write_json  # noqa: E402
-from bench.engine import Timer, fill_store  # noqa: E402
+from bench.engine import fill_store  # noqa: E402
 from engine.loader import load_model  # noqa: E402
+from engine.profile import Stopwatch  # noqa: E402
 from engine.runner import ModelRunner, StepInput  # noqa: E402
 from kvcache.kv_store import PagedKVStore  # noqa: E402
 
@@ -34,7 +35,7 @@ BLOCK = 16
 
 
 def time_steps(runner, batch_inputs, scores: bool, cfg, steps: int) -> float:
-    timer, times = Timer(torch.device("cuda")), []
+    timer, times = Stopwatch(torch.device("cuda")), []
     max_slots = max(len(s.block_table) for s in batch_inputs) * BLOCK
     for i in range(steps + 3):
         timer.start()

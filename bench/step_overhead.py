@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from bench.common import environment, write_json
+from bench.common import environment, logit_agreement, write_json
 from engine.loader import load_model
 from engine.profile import StepBench
 from kernels import fused
@@ -93,9 +93,7 @@ def graph_vs_eager(bench: StepBench, batch) -> dict:
     eager = runner.run(batch)
     runner.use_cuda_graphs = True
     graph = runner.run(batch)
-    diff = (graph - eager).abs().max().item()
-    return {"max_abs_logit_diff": diff, "max_abs_logit": eager.abs().max().item(),
-            "argmax_agree": (graph.argmax(-1) == eager.argmax(-1)).float().mean().item(),
+    return {**dict(zip(("max_abs_logit_diff", "max_abs_logit", "argmax_agree"), logit_agreement(graph, eager))),
             "graph_shape": str(runner.graph_shape(batch))}
 
 

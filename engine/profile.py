@@ -111,24 +111,45 @@ def random_compositions(grid: ProfileGrid, rng: np.random.Generator, count: int,
     return out
 
 
+class Stopwatch:
+    """Elapsed ms between start() and stop(): CUDA events on a GPU (the GPU timeline, as compute
+    mode times a step), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        if self.cuda:
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.begin.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.ms = (time.perf_counter() - self.t0) * 1e3
+
+    def elapsed_ms(self) -> float:
+        if self.cuda:
+            self.end.synchronize()
+            return self.begin.elapsed_time(self.end)
+        return self.ms
+
+
 class Timer:
     def __init__(self, device: torch.device, warmup: int, reps: int):
         self.cuda, self.warmup, self.reps = device.type == "cuda", warmup, reps
+        self.watch = Stopwatch(device)
 
     def _median(self, fn, calls: int = 1, reps: int | None = None) -> float:
-        times = []
+        times, watch = [], self.watch
         for _ in range(reps or self.reps):
-            if self.cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(begin.elapsed_time(end) / 1e3)
-            else:
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
+            watch.start()
+            fn()
+            watch.stop()
+            times.append(watch.elapsed_ms() / 1e3)
         return statistics.median(times) / calls
 
     def step(self, fn) -> float:
