@@ -56,7 +56,7 @@ class StepRecorder:
     def attach(self, sim) -> None:
         from engine.backends.analytic import step_shape
 
-        backend = sim.backend
+        backend = self.backend = sim.backend
         warm_eager_steps(backend.runner, *self.eager_sizes)
         execute = backend.execute
 
@@ -67,6 +67,60 @@ class StepRecorder:
             return result
 
         backend.execute = recorded
+
+
+def replay_inputs(shape) -> tuple[list[int], list[int]]:
+    """(seq_lens, new tokens) of a step with this shape's chunks and decode rows: the longest decode
+    context, the others sharing the rest of the sum (what the cost model sees of a step)."""
+    b, chunks = shape.num_decode_seqs, shape.prefill_chunks
+    rest = [shape.decode_context_tokens - shape.decode_max_context] if b else []
+    contexts = [shape.decode_max_context] * bool(b) + [rest[0] // (b - 1) + (i < rest[0] % (b - 1)) for i in range(b - 1)]
+    return [c + n for c, n in chunks] + contexts, [n for _, n in chunks] + [1] * b
+
+
+def replay(records, backend, kv_dtype: str, cost, count: int, reps: int) -> dict:
+    """Diagnostic, fitted to nothing: `count` of the run's steps, spread over it, timed again
+    standalone (a fresh store, blocks in order, `reps` times after a warm-up, as the profile times
+    its steps). Splits a step's error into the measurement's own spread (rep to rep), the serving
+    loop's effect (in the run vs standalone) and the cost model's error against the standalone
+    median."""
+    from engine.profile import StepBench, Stopwatch
+
+    chosen = records[:: max(1, len(records) // count)][:count]
+    need = max(sum(-(-n // backend.store.block_size) for n in replay_inputs(s)[0]) for s, _ in chosen)
+    bench = StepBench(backend.runner.model, kv_dtype, backend.store.block_size, need)
+    watch, rows = Stopwatch(bench.device), []
+    for shape, in_situ in chosen:
+        seq_lens, new = replay_inputs(shape)
+        if not bench.fits(seq_lens):
+            continue
+        step = bench.step(bench.inputs(seq_lens, new))
+        step(), step()  # captures its graph, warms
+        times = []
+        for _ in range(reps):
+            watch.start()
+            step()
+            watch.stop()
+            times.append(watch.elapsed_ms() / 1e3)
+        kind = "decode" if not shape.prefill_chunks else "mixed" if shape.num_decode_seqs else "prefill"
+        rows.append((kind, in_situ, float(np.median(times)), times, cost.step_time(shape)))
+    out = {"steps": len(rows), "reps": reps}
+    for kind in ("all", "decode", "mixed"):
+        sel = [r for r in rows if kind in ("all", r[0])]
+        if not sel:
+            continue
+        situ = np.array([r[1] / r[2] - 1 for r in sel])  # in the run vs standalone
+        spread = np.array([t / r[2] - 1 for r in sel for t in r[3]])
+        model = np.array([r[4] / r[2] - 1 for r in sel])
+        out[kind] = {"steps": len(sel),
+                     "in_run_vs_standalone": {"median": float(np.median(situ)), "p10": float(np.percentile(situ, 10)),
+                                              "p90": float(np.percentile(situ, 90))},
+                     "rep_spread_abs_p95": float(np.percentile(abs(spread), 95)),
+                     "model_vs_standalone": {"abs_median": float(np.median(abs(model))),
+                                             "abs_p95": float(np.percentile(abs(model), 95)),
+                                             "signed_median": float(np.median(model))}}
+    del bench
+    return out
 
 
 def warm_eager_steps(runner, tokens, cached) -> None:
@@ -186,7 +240,15 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     measured = {"summary": {k: compute.summary[k] for k in (*E2E, "requests_completed", "preemptions", "cost_model")},
                 "num_steps": len(compute.steps), "batch_size_median": float(batch.median()),
                 "batch_size_max": int(batch.max()), "wall_s": time.perf_counter() - start}
-    return score(args, kv, policy, trace, gpu, measured, recorder.records), recorder.records
+    row = score(args, kv, policy, trace, gpu, measured, recorder.records)
+    if args.replay:
+        from engine.cost_model import cost_model_for
+        from engine.gpus import get_gpu
+        from kvsim.simulate import model_config
+
+        cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
+        row["replay"] = replay(recorder.records, recorder.backend, kv, cost, args.replay, 3 if args.smoke else 5)
+    return row, recorder.records
 
 
 def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, records: list) -> dict:
@@ -266,6 +328,13 @@ def print_row(r: dict) -> None:
             print(f"      {kind:8s} {k['steps']:5d} steps: |err| median {100 * k['abs_median']:5.1f}%, "
                   f"p95 {100 * k['abs_p95']:5.1f}%, signed median {100 * k['signed_median']:+5.1f}%")
     print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
+    for kind, k in ((kind, r.get("replay", {}).get(kind)) for kind in ("all", "decode", "mixed")):
+        if k:
+            situ, model = k["in_run_vs_standalone"], k["model_vs_standalone"]
+            print(f"      replay {kind:6s} {k['steps']:3d} steps: in run / standalone - 1 median {100 * situ['median']:+5.1f}% "
+                  f"(p10 {100 * situ['p10']:+5.1f}%, p90 {100 * situ['p90']:+5.1f}%); rep spread p95 "
+                  f"{100 * k['rep_spread_abs_p95']:4.1f}%; model vs standalone |err| median {100 * model['abs_median']:4.1f}% "
+                  f"p95 {100 * model['abs_p95']:4.1f}%")
 
 
 def main() -> None:
@@ -286,6 +355,8 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true",
                         help="seeded random weights of the model's shape (the same kernels and timings; for a "
                              "device the real weights cannot reach)")
+    parser.add_argument("--replay", type=int, default=60,
+                        help="steps of each run timed again standalone (diagnostic: rep spread, in-run vs standalone); 0: none")
     parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
     parser.add_argument("--rescore", default=None, help="a fidelity JSON: replay its analytic side again (CPU)")
     args = parser.parse_args()
@@ -305,7 +376,7 @@ def main() -> None:
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else work if args.smoke else RESULTS
     if args.smoke:
         args.requests, args.rate_scale, args.kv_mem_gib, args.max_num_seqs = 8, 1000.0, 0.05, 8
-        args.random_weights = True
+        args.random_weights, args.replay = True, min(args.replay, 3)
         if args.kv_dtypes == "fp16,int8":  # fp16 matmuls crawl on a CPU
             args.kv_dtypes = "fp32,int8"
         args.max_prompt, args.max_output = args.max_prompt or 40, args.max_output or 3

@@ -40,7 +40,14 @@ COMPOSITIONS = [
     ("mixed 200 decode + 2x400", [900] * 200, [(0, 400), (512, 400)]),
     ("mixed 200 decode + 2x400 (eager)", [900] * 200, [(0, 400), (512, 400)]),
     ("prefill 512 (eager)", [], [(0, 512)]),
+    # the block table's width alone (rows at 128 tokens, tables padded as a long sequence pads them)
+    ("decode b256 ctx128 width16", [128] * 256, [], 16),
+    ("decode b256 ctx128 width512", [128] * 256, [], 512),
+    ("mixed 200 decode ctx128 + 256 width16", [128] * 200, [(0, 256)], 16),
+    ("mixed 200 decode ctx128 + 256 width512", [128] * 200, [(0, 256)], 512),
 ]
+WIDTH_PAIRS = [("decode b256 ctx128 width16", "decode b256 ctx128 width512"),
+               ("mixed 200 decode ctx128 + 256 width16", "mixed 200 decode ctx128 + 256 width512")]
 
 
 def quantiles(xs: list[float]) -> dict:
@@ -49,10 +56,10 @@ def quantiles(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "p10": pick(0.1), "p90": pick(0.9), "max": xs[-1]}
 
 
-def step_batch(bench: StepBench, contexts: list[int], chunks: list[tuple[int, int]]):
+def step_batch(bench: StepBench, contexts: list[int], chunks: list[tuple[int, int]], width: int = 0):
     seq_lens = [c for c in contexts] + [cached + n for cached, n in chunks]
     new = [1] * len(contexts) + [n for _, n in chunks]
-    return bench.inputs(seq_lens, new)
+    return bench.inputs(seq_lens, new, width)
 
 
 def time_step(bench: StepBench, batch, reps: int) -> dict:
@@ -81,9 +88,11 @@ def time_step(bench: StepBench, batch, reps: int) -> dict:
     gpu_us = sum(e.self_device_time_total for e in events)
     kernels_launched = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    top_gpu = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:12]
     return {"host_launch_ms": quantiles(host), "event_ms": quantiles(event), "wall_ms": quantiles(wall),
             "gpu_busy_ms": gpu_us / 1e3, "launches": kernels_launched,
-            "top_cpu": [(e.key, e.count, round(e.self_cpu_time_total / 1e3, 3)) for e in top]}
+            "top_cpu": [(e.key, e.count, round(e.self_cpu_time_total / 1e3, 3)) for e in top],
+            "top_gpu": [(e.key, e.count, round(e.self_device_time_total / 1e3, 3)) for e in top_gpu]}
 
 
 def graph_vs_eager(bench: StepBench, batch) -> dict:
@@ -152,10 +161,10 @@ def main(argv=None) -> dict:
     loaded = load_model(a.model, device="cuda", dtype=torch.float16, random_weights=True)
     bench = StepBench(loaded.model, a.kv_dtype, 16, want_blocks=40000)
     rows = {}
-    for name, contexts, chunks in COMPOSITIONS:
+    for name, contexts, chunks, *width in COMPOSITIONS:
         bench.runner.use_cuda_graphs = "(eager)" not in name
         captures = bench.runner.captures
-        batch = step_batch(bench, contexts, chunks)
+        batch = step_batch(bench, contexts, chunks, *width)
         rows[name] = time_step(bench, batch, a.reps)
         r = rows[name]
         if "(eager)" not in name:
@@ -170,6 +179,16 @@ def main(argv=None) -> dict:
         print(f"\ntop CPU self time, {name}:")
         for key, count, ms in rows[name]["top_cpu"]:
             print(f"  {key[:60]:60s} x{count:5d} {ms:8.3f} ms")
+    for pair in WIDTH_PAIRS:  # where a wide table's time goes: host or GPU, and which kernels
+        print(f"\n{pair[0]} -> width512: event {rows[pair[0]]['event_ms']['median']:.2f} -> "
+              f"{rows[pair[1]]['event_ms']['median']:.2f} ms, host {rows[pair[0]]['host_launch_ms']['median']:.2f} -> "
+              f"{rows[pair[1]]['host_launch_ms']['median']:.2f}, gpu busy {rows[pair[0]]['gpu_busy_ms']:.2f} -> "
+              f"{rows[pair[1]]['gpu_busy_ms']:.2f}")
+        for name in pair:
+            print(f"  top GPU self time, {name}: " + "; ".join(f"{k[:48]} x{c} {ms:.3f} ms"
+                                                               for k, c, ms in rows[name]["top_gpu"][:6]))
+            print(f"  top CPU self time, {name}: " + "; ".join(f"{k[:48]} x{c} {ms:.3f} ms"
+                                                               for k, c, ms in rows[name]["top_cpu"][:6]))
     ops = time_ops(bench, 256)
     print("\nhost us per call (256 tokens):")
     for k, v in ops.items():

@@ -40,7 +40,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from engine.buckets import bucket
+from engine.buckets import bucket, width_bucket
 from engine.config import ModelConfig
 from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
@@ -127,7 +127,8 @@ class Correction:
         table: the host packs that many ints, the decode kernel's split count follows from it),
         longest context (its walk), 1
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
-        chunk tokens, decode rows, 1
+        chunk tokens, decode rows, rows x width x block_size (as for decode-only, with the prefill
+        graph's padding: sequences to a power of two, the table to the longest sequence of the step), 1
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     Without rows (an older profile), with fewer than 2 * MIN_ROWS_PER_FEATURE a feature, or where
@@ -135,7 +136,8 @@ class Correction:
 
     MIN_ROWS_PER_FEATURE = 3
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
-             "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "constant_s")}
+             "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens",
+                         "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
@@ -148,9 +150,9 @@ class Correction:
     @staticmethod
     def features(model: CalibratedCostModel, s: StepShape, structural: float) -> list[float]:
         b = s.num_decode_seqs
+        rows, width = model.graph_table(s)
         if s.prefill_chunks:
-            return [structural, len(s.prefill_chunks), s.num_tokens - b, b, 1.0]
-        rows, width = padded(b, s.decode_max_context, model.block_size, model.buckets, model.min_width)
+            return [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, 1.0]
         return [structural, rows * width * model.block_size, s.decode_max_context, 1.0]
 
     @staticmethod
@@ -229,9 +231,10 @@ class CalibratedCostModel:
         self.floor_s = min(t["decode_step"]["time_s"])  # no step is faster than the fastest one measured
         graph = profile.data.get("settings", {}).get("graph", {})
         self.token_buckets, self.seq_buckets = graph.get("token_buckets", ()), graph.get("seq_buckets", ())
-        self.mixed_offset_s = self._fit_mixed(t.get("mixed_step"))
         self.block_size = profile.data["block_size"]
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
+        self.decode_width, self.mixed_extra = self._fit_width(t.get("table_width"))
+        self.mixed_offset_s = 0.0 if self.mixed_extra else self._fit_mixed(t.get("mixed_step"))
         self.correction = Correction.fit(self, t.get("random_steps"))
 
     def _fit_mixed(self, mixed) -> float:
@@ -242,6 +245,26 @@ class CalibratedCostModel:
         return statistics.median(
             measured - self._with_prefill(((cached, n),), b, b * context, context, 1 + b)
             for n, cached, b, context, measured in zip(*(mixed[k] for k in TABLES["mixed_step"])))
+
+    def _fit_width(self, table) -> tuple[Surface | None, Surface | None]:
+        """From the table_width steps (rows at a short context c, block tables padded to w blocks):
+        (decode steps' time over (batch, w): its increase from the width the decode_step table was
+        measured at to a step's own width is what a long sequence costs the others' rows;
+        what a step of one chunk and b decode rows took beyond the structural sum of its parts,
+        over (b, w): the mixed step's extra, measured where the old offset was one median).
+        (None, None) for a profile without the table."""
+        if not table or not table["time_s"]:
+            return None, None
+        decode = {col: [] for col in ("batch", "width", "time_s")}
+        mixed = {col: [] for col in ("batch", "width", "time_s")}
+        context = min(self.profile.tables(self.kv_dtype)["decode_step"]["context"])
+        for n, b, w, measured in zip(*(table[c] for c in TABLES["table_width"])):
+            if n and b:
+                measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b)
+            for col, value in zip(("batch", "width", "time_s"), (b, w, measured)):
+                (mixed if n else decode)[col].append(value)
+        surface = lambda rows: Surface(rows, "batch", "width") if rows["time_s"] else None
+        return surface(decode), surface(mixed)
 
     def step_time(self, s: StepShape) -> float:
         if s.num_tokens == 0:
@@ -254,12 +277,19 @@ class CalibratedCostModel:
     def structural(self, s: StepShape) -> float:
         """The step from the grid tables alone (the sum above), before the fitted correction."""
         b = s.num_decode_seqs
+        width = self.graph_table(s)[1]
         if not s.prefill_chunks:
             mean = s.decode_context_tokens / b
-            return self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context)
+            t = self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context)
+            if self.decode_width is not None:  # the table as wide as the longest sequence, not the mean
+                natural = width_bucket(math.ceil(mean / self.block_size), self.min_width)
+                t += max(0.0, self.decode_width(b, width) - self.decode_width(b, natural))
+            return t
         num_seqs = len(s.prefill_chunks) + b
         step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs)
-        return step + (self.mixed_offset_s if b else 0.0)
+        if not b:
+            return step
+        return step + (self.mixed_extra(b, width) if self.mixed_extra is not None else self.mixed_offset_s)
 
     def _skew(self, b: int, mean: float, longest: int) -> float:
         """What one layer's decode kernel takes beyond the uniform batch when its longest sequence
@@ -267,6 +297,16 @@ class CalibratedCostModel:
         if self.skew is None or longest <= mean:
             return 0.0
         return max(0.0, self.skew(b, longest) - self.attn(b, mean))
+
+    def graph_table(self, s: StepShape) -> tuple[int, int]:
+        """(rows, block-table width in blocks) of the step's CUDA graph (engine/runner.py): a decode
+        step's batch to its bucket; a step with prefill, its sequences to a power of two; the table
+        to the longest sequence's blocks, a power of two."""
+        if not s.prefill_chunks:
+            return padded(s.num_decode_seqs, s.decode_max_context, self.block_size, self.buckets, self.min_width)
+        longest = max(s.decode_max_context, *(cached + n for cached, n in s.prefill_chunks))
+        seqs = s.num_decode_seqs + len(s.prefill_chunks)
+        return bucket(seqs, self.seq_buckets) or seqs, width_bucket(-(-longest // self.block_size), self.min_width)
 
     def graph_tokens(self, tokens: int, num_seqs: int) -> int:
         """The tokens a prefill step's CUDA graph runs (engine/runner.py): up to the token bucket;

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from engine.buckets import MIN_WIDTH_BLOCKS, width_bucket
 from engine.generate import SamplingParams, sample
 from engine.model import LlamaModel
 from engine.runner import ModelRunner, StepInput
@@ -63,8 +64,17 @@ class ProfileGrid:
     prefill_cached: tuple[int, ...] = (0, 1024, 4096)
     warmup: int = 2
     reps: int = 5
-    random_steps: int = 120  # whole steps of random compositions, of each kind (decode-only, with prefill)
+    random_steps: int = 160  # whole steps of random compositions, of each kind (decode-only, with prefill)
     step_tokens: int = 2048  # the most tokens a random step feeds (the scheduler's max_num_batched_tokens)
+
+    def widths(self, block_size: int) -> list[tuple[int, int, int]]:
+        """(chunk tokens, batch, table width in blocks) of the table_width steps: decode steps and
+        steps of one mid-grid chunk, with the shortest context and tables from the narrowest the
+        graphs take to the longest context's."""
+        top = width_bucket(-(-max(self.contexts) // block_size))
+        widths = sorted({MIN_WIDTH_BLOCKS, *(MIN_WIDTH_BLOCKS << i for i in range(0, 16, 2) if MIN_WIDTH_BLOCKS << i < top), top})
+        chunk = self.prefill_tokens[len(self.prefill_tokens) // 2]
+        return [(n, b, w) for n in (0, chunk) for b in every_other(self.batches) for w in widths]
 
     def mixed(self) -> list[tuple[int, int, int, int]]:
         """(tokens, cached, batch, context) of the mixed steps: mid-grid, not grid corners."""
@@ -223,12 +233,15 @@ class StepBench:
         return (sum(self.blocks(n) for n in seq_lens) <= self.num_blocks
                 and max(seq_lens) <= self.model.max_positions)
 
-    def inputs(self, seq_lens: list[int], new: list[int]) -> list[StepInput]:
-        """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order."""
+    def inputs(self, seq_lens: list[int], new: list[int], width: int = 0) -> list[StepInput]:
+        """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order.
+        width > 0 pads every block table to that many blocks (entries past a sequence's length are
+        never read: the table's width alone, as a short sequence in a batch with a long one has)."""
         out, first, bs = [], 0, self.block_size
         for length, n in zip(seq_lens, new):
             table = list(range(first, first + self.blocks(length)))
             first += len(table)
+            table += [table[-1]] * (width - len(table))
             start = length - n
             ids = torch.randint(0, self.cfg.vocab_size, (n,), generator=self.ids).tolist()
             slots = [table[p // bs] * bs + p % bs for p in range(start, length)]

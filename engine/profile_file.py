@@ -48,6 +48,8 @@ TABLES = {  # name -> columns (the last one is the time)
     "write_kv": ("tokens", "time_s"),  # cache write, one layer
     "linear": ("tokens", "time_s"),  # the GEMMs of one layer (QKV, O, gate-up, down)
     "decode_overhead": ("batch", "context", "time_s"),  # a decode step minus the sum of its ops
+    "table_width": ("chunk_tokens", "batch", "width_blocks", "time_s"),  # whole step, block tables padded to
+    # width_blocks, rows at the shortest grid context: chunk_tokens 0 a decode step, else one chunk (no cache) too
     "random_steps": ("batch", "batch_bucket", "width_blocks", "context_sum", "context_max", "chunks",  # whole
                      "chunk_tokens", "chunk_cached", "causal_pairs",  # steps of seeded random compositions
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),

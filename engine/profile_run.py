@@ -43,6 +43,7 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
     skew = [(b, c) for b in coarse_first(every_other([b for b in grid.batches if b > 1] or [2]))
             for c in every_other(grid.contexts) if c > bs]
     tokens = sorted(set(grid.batches) | set(grid.prefill_tokens))
+    c0 = min(grid.contexts)
     step, op = timer.step, timer.op
     return [
         ("decode_step", [((b, c), [c] * b, lambda b=b, c=c: step(bench.step(bench.inputs([c] * b, [1] * b))))
@@ -62,6 +63,10 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
                                    for b, c in skew]),
         ("write_kv", [((t,), [t], lambda t=t: op(bench.write_kv(t))) for t in tokens]),
         ("linear", [((t,), [1], lambda t=t: op(bench.linear(t))) for t in tokens]),
+        ("table_width", [((n, b, w), [n] * bool(n) + [c0] * b,
+                          lambda n=n, b=b, w=w: step(bench.step(bench.inputs([n] * bool(n) + [c0] * b,
+                                                                             [n] * bool(n) + [1] * b, w))))
+                         for n, b, w in grid.widths(bs)]),
         ("random_steps", _random_steps(grid, bench, Timer(bench.device, grid.warmup,
                                                           min(grid.reps, RANDOM_STEP_REPS)))),
     ]

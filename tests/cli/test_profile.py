@@ -62,6 +62,7 @@ def test_file_records_device_versions_shape_and_grid(measured, tiny):
         assert points(tables["mixed_step"]) == set(grid.mixed())
         assert points(tables["decode_attention_skew"]) == {(b, 48) for b in (2, 4)}
         assert points(tables["lm_head_sample"]) == {(1,), (2,), (4,)}
+        assert points(tables["table_width"]) == set(grid.widths(16)) == {(n, b, 16) for n in (0, 32) for b in (1, 4)}
         random = tables["random_steps"]  # 2 decode-only and 2 with prefill on the CPU, seeded
         assert len(random["time_s"]) == 4 and sum(c > 0 for c in random["chunks"]) == 2
         assert max(random["batch"]) <= 4 and max(random["context_max"]) <= 48

@@ -183,6 +183,33 @@ def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monke
     assert few[0] > calibrated.step_time(prefill([(0, 256)], [1075] * 4))
 
 
+def test_table_width_prices_a_wide_table_and_the_mixed_steps_rows(calibrated, tmp_path, monkeypatch):
+    """table_width: decode steps whose time grows with rows x width, and steps of one 256-token chunk
+    whose time is the structural sum plus a known extra of (rows, width). A decode step pays for the
+    width its longest sequence gives the table (not the mean's); a mixed step gets the extra at its
+    own rows and width, in place of the mixed_step median."""
+    widths, chunk = (16, 64, 256), 256
+    extra = lambda b, w: 1e-4 + 2e-9 * b * w  # bilinear: interpolated exactly
+    wide = lambda b, w: decode_step(b, 128) + 1e-9 * b * w
+    rows = [(0, b, w, wide(b, w)) for b in BATCHES for w in widths]
+    rows += [(chunk, b, w, calibrated.structural(prefill([(0, chunk)], [128] * b)) + extra(b, w))
+             for b in BATCHES for w in widths]
+    data = profile_data(mixed_times=[1.0, 1.0, 1.0])  # a mixed_step median the table replaces
+    data["kv_dtypes"]["fp16"]["tables"]["table_width"] = dict(zip(("chunk_tokens", "batch", "width_blocks", "time_s"),
+                                                                  map(list, zip(*rows))))
+    cost = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="wide.json"))
+    assert cost.mixed_offset_s == 0
+    # 7 rows at 100 and one at 2000: mean 337.5 (a 32-block table), longest 2000 (128 blocks)
+    skewed = decode([100] * 7 + [2000])
+    assert cost.step_time(skewed) == pytest.approx(calibrated.step_time(skewed) + 1e-9 * 8 * (128 - 32), rel=1e-9)
+    narrow = decode([300] * 8)  # as wide as its mean: nothing added
+    assert cost.step_time(narrow) == pytest.approx(calibrated.step_time(narrow), rel=1e-12)
+    # a mixed step: its rows and table width (the longest sequence: 3000 tokens, 256 blocks; 6 rows)
+    mixed = prefill([(0, 600), (2400, 600)], [500] * 4)
+    assert cost.step_time(mixed) == pytest.approx(calibrated.step_time(mixed) + extra(4, 256), rel=1e-9)
+    assert cost.step_time(prefill([(0, 600)])) == pytest.approx(calibrated.step_time(prefill([(0, 600)])), rel=1e-12)
+
+
 def with_mixed(tmp_path, monkeypatch, times) -> CalibratedCostModel:
     monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, profile_data(mixed_times=times))))
     return cost_model_for(MODEL, H100, "fp16")
@@ -291,7 +318,9 @@ def law(cost, shape) -> float:
 
     structural, b = cost.structural(shape), shape.num_decode_seqs
     if shape.prefill_chunks:
-        return 1.2 * structural + 1e-3 * len(shape.prefill_chunks) + 1e-6 * (shape.num_tokens - b) + 2e-6 * b + 5e-4
+        rows, width = cost.graph_table(shape)
+        return (1.2 * structural + 1e-3 * len(shape.prefill_chunks) + 1e-6 * (shape.num_tokens - b) + 2e-6 * b
+                + 3e-10 * rows * width * 16 + 5e-4)
     rows, width = padded(b, shape.decode_max_context, 16, GRAPH["batch_buckets"], GRAPH["min_width_blocks"])
     return 1.1 * structural + 2e-10 * rows * width * 16 + 3e-4
 
@@ -365,3 +394,13 @@ def test_nonnegative_lstsq_drops_what_would_go_negative():
     w = nonnegative_lstsq(x, y, free=(2,))
     assert w[1] == 0 and w[0] > 0
     assert np.allclose(nonnegative_lstsq(x, 2 * x[:, 0] + 0.5 * x[:, 1] - 1, free=(2,)), [2, 0.5, -1])
+
+
+def test_table_width_grid_spans_the_graph_widths():
+    from engine.profile import ProfileGrid
+
+    grid = ProfileGrid()  # contexts to 8192: 512 blocks of 16
+    points = grid.widths(16)
+    assert {w for _, _, w in points} == {16, 64, 256, 512}
+    assert {b for _, b, _ in points} == {1, 4, 16, 64, 256} and {n for n, _, _ in points} == {0, 256}
+    assert len(points) == 2 * 5 * 4
