@@ -113,12 +113,15 @@ def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16",
 
     lens = CHECK_LENS
     fp8 = getattr(torch, "float8_e4m3fn", None)
-    for (hq, hkv, d, page) in [(32, 8, 128, 16), (9, 3, 64, 64), (8, 1, 128, 32)]:
+    # (16, 1, 64): INT8 only, a group over 8 (the int8 dot's query parts in two MMAs, not one)
+    for (hq, hkv, d, page) in [(32, 8, 128, 16), (9, 3, 64, 64), (8, 1, 128, 32), (16, 1, 64, 16)]:
         for name, kv_dtype, q_dtype, bound in [("fp16", torch.float16, torch.float16, 2e-3),
                                                ("bf16", torch.bfloat16, torch.bfloat16, 1e-2),
                                                ("int8", torch.int8, torch.float16, 2e-3),
                                                ("fp8", fp8, torch.bfloat16, 1e-2)]:
             if kv_dtype is None or name not in names or (hq != 32 and name in ("bf16", "fp8")):
+                continue
+            if hq == 16 and name != "int8":
                 continue
             k, v, scales, tables, seq_lens = paged(len(lens), lens, hkv, d, page, kv_dtype, gen)
             q = torch.randn(len(lens), hq, d, device=DEV, generator=gen).to(q_dtype)
@@ -271,12 +274,14 @@ def decode_shape(shape, inp) -> dict:
         r[f"{name}_ms"] = ms(fns[0])
         if name != "gather_sdpa":
             r[f"{name}_gpu_ms"] = gpu_ms(fns)
-    # The alternatives the defaults were chosen against, GPU time only: the run-3 INT8 conversion
-    # ("bits"), the other score_out path where one split runs, and the split count the occupancy
-    # rule alone would give where the one-split rule applies.
-    if mod.INT8_CONVERT != "bits" and INT8_MODES_OK.get("bits"):
-        with _setting(mod, "INT8_CONVERT", "bits"):
-            r["ours_int8_bits_gpu_ms"] = gpu_ms(fns_all["ours_int8"])
+    # The alternatives the defaults were chosen against, GPU time only: every other INT8
+    # conversion that passed the GPU check (ours_int8_<mode>_gpu_ms), the other score_out path
+    # where one split runs, and the split count the occupancy rule alone would give where the
+    # one-split rule applies.
+    for mode in TUNE_INT8_MODES:
+        if mode != mod.INT8_CONVERT and INT8_MODES_OK.get(mode):
+            with _setting(mod, "INT8_CONVERT", mode):
+                r[f"ours_int8_{mode}_gpu_ms"] = gpu_ms(fns_all["ours_int8"])
     if r["num_splits"] == 1:
         other = "stage2" if mod.SCORES_IN_SPLIT else "in_split"
         with _setting(mod, "SCORES_IN_SPLIT", not mod.SCORES_IN_SPLIT):
@@ -304,7 +309,9 @@ TUNE_CONFIGS = {
     (2, 128): [(64, 4, 2, False)],
     (1, 64): [(128, 4, 2, False), (64, 4, 2, False)],
 }
-TUNE_INT8_MODES = ("bits", "prmt", "prmt_kv")  # "i2f" is the fallback (run 3: 1.6x slower than "bits")
+# "i2f" is the fallback (run 3: 1.6x slower than "bits"). "i8dot" (run 5): K into an int8 dot, never
+# converted; loop 421 instructions a warp against prmt's 595 (D128 sass, triton 3.6; PERF_NOTES.md).
+TUNE_INT8_MODES = ("bits", "prmt", "prmt_kv", "i8dot")
 TUNE_SPLITS = [(16, 4), (8, 4), (4, 4), (32, 4), (16, 2), (8, 2), (32, 2), (32, 1), (16, 1)]  # (programs/SM, min tiles)
 TUNE_SCORE_PROGRAMS = (8, 4, 16)
 TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (64, 16384, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
@@ -521,9 +528,9 @@ def table(result: dict) -> str:
                          f"{100 * x['bandwidth_vs_copy']:4.0f}  {failed}")
     for r in result["decode"]:
         alt = {k[:-7]: f"{r[k] * 1e3:.1f}" for k in (
-            "ours_int8_gpu_ms", "ours_int8_bits_gpu_ms", "ours_fp16_gpu_ms", "ours_fp16_multisplit_gpu_ms",
-            "ours_fp16_scores_gpu_ms", "ours_fp16_scores_stage2_gpu_ms", "ours_fp16_scores_in_split_gpu_ms",
-            "ours_fp16_scores_multisplit_gpu_ms") if r.get(k)}
+            "ours_int8_gpu_ms", *(f"ours_int8_{m}_gpu_ms" for m in TUNE_INT8_MODES), "ours_fp16_gpu_ms",
+            "ours_fp16_multisplit_gpu_ms", "ours_fp16_scores_gpu_ms", "ours_fp16_scores_stage2_gpu_ms",
+            "ours_fp16_scores_in_split_gpu_ms", "ours_fp16_scores_multisplit_gpu_ms") if r.get(k)}
         lines.append(f"alternatives (GPU us) {tuple(r['shape'].values())} splits {r.get('num_splits')}: {alt}")
     for p in result.get("prefill", []):
         lines.append(f"prefill B{p['B']} new{p['new']} prefix{p['prefix']}: triton {p['triton_ms'] * 1e3:.1f} us, "
@@ -569,7 +576,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
     parser.add_argument("--budget-s", type=float, default=240.0,
-                        help=f"tuning stops at {TUNE_SHARE:.0%} of this (s since start), Flex at all of it")
+                        help=f"tuning stops at {TUNE_SHARE * 100:.0f}%% of this (s since start), Flex at all of it")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU, Triton interpreted")
     parser.add_argument("--skip", default="", help="comma-separated optional stages to skip: tune,prefill,flex")
     parser.add_argument("--tune-int8-only", action="store_true", help="tune only the INT8 conversion and tiles")

@@ -31,11 +31,13 @@ import triton.language as tl
 from kernels import decode_config as dc
 from kernels._dispatch import triton_interprets
 from kernels.attention_tile import (
+    I8_DOT,
     attend_tile,
     cache_strides,
     dot_dtype,
     i8_convert_mode,
     q_tl_dtype,
+    query_operand,
     words_view,
 )
 
@@ -56,7 +58,7 @@ def _decode_split_kernel(
     QUANTIZED: tl.constexpr, DIRECT_OUT: tl.constexpr, WRITE_PROBS: tl.constexpr,
     Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr, OFFSET_64: tl.constexpr,
     I8_CONVERT: tl.constexpr, ROW_SUMS: tl.constexpr, SCORES_HERE: tl.constexpr, SCORE_BLOCK: tl.constexpr,
-    GROUP_SCORES: tl.constexpr,
+    GROUP_SCORES: tl.constexpr, PACK: tl.constexpr = False,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -71,8 +73,13 @@ def _decode_split_kernel(
     head_mask = g < GROUP
     d = tl.arange(0, HEAD_DIM_PAD)
     d_mask = d < HEAD_DIM
-    q = tl.load(q_ptr + b * stride_qb + head[:, None] * stride_qh + d[None, :],
-                mask=head_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)  # [G, D]
+    if PACK:  # the int8 dot's query: each head twice, as rows r and r + GROUP_PAD (query_operand)
+        q_row = tl.arange(0, 2 * GROUP_PAD) % GROUP_PAD
+    else:
+        q_row = g
+    q = tl.load(q_ptr + b * stride_qb + (kvh * GROUP + q_row)[:, None] * stride_qh + d[None, :],
+                mask=(q_row < GROUP)[:, None] & d_mask[None, :], other=0.0)  # [G or 2G, D]
+    q = query_operand(q, DOT_DTYPE, I8_CONVERT, PACK)  # in DOT_DTYPE, or int8 parts and a row unit
     head_row = (b * NUM_HEADS + head).to(tl.int64)  # [G]
 
     m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
@@ -89,7 +96,7 @@ def _decode_split_kernel(
             t, t_mask, d, d_mask, block_tables_ptr + b * stride_btb, kvh,
             k_ptr, v_ptr, k_scale_ptr, v_scale_ptr,
             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
-            scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, I8_CONVERT, ROW_SUMS)
+            scale_log2, PAGE_SIZE, QUANTIZED, Q_DTYPE, DOT_DTYPE, IEEE, OFFSET_64, I8_CONVERT, ROW_SUMS, PACK)
         if WRITE_PROBS:
             tl.store(logits_ptr + head_row[:, None] * logits_stride + t[None, :], logit,
                      mask=head_mask[:, None] & t_mask[None, :])
@@ -282,9 +289,12 @@ def paged_decode_attention(
     else:
         score_ptr, score_strides = part_lse, (0, 0)
 
-    group_pad = max(16, triton.next_power_of_2(group))
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     i8 = i8_convert_mode(dc.INT8_CONVERT, k_cache, v_cache, q, head_dim_pad, INTERPRETED)
+    # Softmax rows: the group padded to an MMA's 16 rows, or for the int8 dot with a group of up
+    # to 8, 8 rows, the MMA's 16 holding both parts of the query (attention_tile.query_operand).
+    pack = i8 >= I8_DOT and group <= 8
+    group_pad = 8 if pack else max(16, triton.next_power_of_2(group))
     k_in, v_in = words_view(k_cache, i8), words_view(v_cache, i8)
     launch = {} if INTERPRETED else {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
@@ -300,7 +310,7 @@ def paged_decode_attention(
         Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED), IEEE=q.dtype == torch.float32,
         OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, I8_CONVERT=i8,
         ROW_SUMS=cfg.row_sums, SCORES_HERE=scores_here, SCORE_BLOCK=dc.SCORE_BLOCK,
-        GROUP_SCORES=triton.next_power_of_2(group), **launch,
+        GROUP_SCORES=triton.next_power_of_2(group), PACK=pack, **launch,
     )
     if not stage2:
         return out

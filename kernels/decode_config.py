@@ -47,9 +47,10 @@ CONFIGS = {(2, 128): DecodeConfig(64, 4, 2, 8, 2, False), (2, 64): DecodeConfig(
 ONE_SPLIT_WAVES = 2
 # INT8 -> fp16 inside the kernel, a key of attention_tile.I8_MODES: "i2f" (the I2F instruction),
 # "bits" (integer ops on int32 words, validated on the H100 in run 3), "prmt" / "prmt_kv" (PTX
-# prmt, 5 instructions per 4 values; attention_tile.i8_to_f16_prmt). bench/kernels.py checks
-# every mode on the GPU, times those that pass and installs the fastest; the interpreter runs
-# the PRMT modes as "bits".
+# prmt, 5 instructions per 4 values; attention_tile.i8_to_f16_prmt), "i8dot" (K not converted:
+# an int8 Q.K^T dot with the query in two int8 parts, V as "prmt"; not yet timed on a GPU).
+# bench/kernels.py checks every mode on the GPU, times those that pass and installs the
+# fastest; the interpreter runs the PRMT modes as "bits" and "i8dot" with V by .to(fp16).
 INT8_CONVERT = "prmt"  # H100 geomean: bits 292.8 us, prmt 273.6, prmt_kv 281.9
 # score_out with one split: stage 1 turns its own logits into scores after its loop (its LSE is
 # final), no second launch. Otherwise stage 2 does, in chunks of the context sized to give

@@ -133,6 +133,8 @@ def paged_prefill_attention(
         GROUP=group, GROUP_PAD=triton.next_power_of_2(group), HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
         PAGE_SIZE=page_size, BLOCK_Q=block_q, BLOCK_N=block_n,
         QUANTIZED=kv_scales is not None, Q_DTYPE=q_tl_dtype(q.dtype), DOT_DTYPE=dot_dtype(q.dtype, INTERPRETED),
+        # INT8 by I2F: decode's conversions (attention_tile.I8_MODES, the int8 dot too) are
+        # checked and tuned by bench/kernels.py for decode only.
         IEEE=q.dtype == torch.float32, OFFSET_64=max(k_cache.numel(), v_cache.numel()) >= 2**31, I8_CONVERT=0,
         TILE_MAP=query_tiles is not None, **launch,
     )

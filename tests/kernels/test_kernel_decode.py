@@ -20,14 +20,19 @@ from paged_cases import make_cache, query_dtype, rel_err
 TOL = {"fp16": 2e-3, "int8": 2e-3, "fp8": 2e-3, "bf16": 1e-2}
 
 # (page size, Hq, Hkv, head dim, KV dtype): every page size, GQA ratio (MHA, 3:1, 4:1, 8:1,
-# MQA) and head dim, for fp16 and INT8 each; bf16 and FP8 once.
+# MQA) and head dim, for fp16 and INT8 each; bf16 and FP8 once. INT8 also with 16 heads a KV
+# head: the int8 dot's query parts then take two MMAs, not one (attention_tile.query_operand).
 CASES = [
     (8, 4, 4, 64, "fp16"), (16, 6, 2, 128, "fp16"), (32, 8, 2, 64, "fp16"), (64, 16, 2, 128, "fp16"),
     (16, 5, 1, 64, "fp16"),
     (8, 6, 2, 64, "int8"), (16, 8, 2, 128, "int8"), (32, 16, 2, 64, "int8"), (64, 4, 4, 128, "int8"),
-    (16, 8, 1, 128, "int8"),
+    (16, 8, 1, 128, "int8"), (32, 16, 1, 64, "int8"),
     (16, 8, 2, 64, "bf16"), (32, 6, 2, 128, "fp8"),
 ]
+# The INT8 conversions the interpreter runs (it runs "prmt" and "prmt_kv" as "bits", and "i8dot"
+# with V by .to(fp16): attention_tile.i8_convert_mode); every INT8 case runs each.
+INTERPRETED_I8_MODES = ["bits", "i2f", "i8dot"]
+CASE_MODES = [(*case, mode) for case in CASES for mode in (INTERPRETED_I8_MODES if case[-1] == "int8" else [None])]
 
 
 def _lens(page: int) -> list[int]:
@@ -49,9 +54,11 @@ def _run(cache, q, scale, num_splits, score_out=None, max_seq_len=None):
     return out
 
 
-@pytest.mark.parametrize("page,num_heads,num_kv_heads,head_dim,kv_dtype", CASES)
-def test_matches_reference(page, num_heads, num_kv_heads, head_dim, kv_dtype, monkeypatch):
+@pytest.mark.parametrize("page,num_heads,num_kv_heads,head_dim,kv_dtype,i8_mode", CASE_MODES)
+def test_matches_reference(page, num_heads, num_kv_heads, head_dim, kv_dtype, i8_mode, monkeypatch):
     _poisoned_workspace(monkeypatch)
+    if i8_mode:
+        monkeypatch.setattr(dc, "INT8_CONVERT", i8_mode)
     gen = torch.Generator().manual_seed(zlib.crc32(repr((page, num_heads, head_dim, kv_dtype)).encode()))
     cache = make_cache(gen, _lens(page), page, num_kv_heads, head_dim, kv_dtype)
     q = torch.randn(len(cache.seq_lens), num_heads, head_dim, generator=gen).to(query_dtype(kv_dtype))
@@ -64,10 +71,12 @@ def test_matches_reference(page, num_heads, num_kv_heads, head_dim, kv_dtype, mo
         assert rel_err(out, expected) <= TOL[kv_dtype], (num_splits, rel_err(out, expected))
 
 
-@pytest.mark.parametrize("kv_dtype", ["fp16", "int8"])
-def test_tile_configs_the_bench_tunes(kv_dtype):
+@pytest.mark.parametrize("kv_dtype,i8_mode", [("fp16", None), ("int8", "bits"), ("int8", "i8dot")])
+def test_tile_configs_the_bench_tunes(kv_dtype, i8_mode, monkeypatch):
     """Other tiles, the softmax denominator as per-slot partial sums, another split rule."""
     mod = triton_module("decode_attention", "interpret")
+    if i8_mode:
+        monkeypatch.setattr(dc, "INT8_CONVERT", i8_mode)
     gen = torch.Generator().manual_seed(13)
     cache = make_cache(gen, [1, 150, 77], 16, 2, 64, kv_dtype)
     q = torch.randn(3, 8, 64, generator=gen).half()
@@ -84,8 +93,10 @@ def test_tile_configs_the_bench_tunes(kv_dtype):
         torch.testing.assert_close(scores, expected_scores, rtol=1e-3, atol=2e-5)
 
 
-def test_int8_extreme_v_scales():
+@pytest.mark.parametrize("i8_mode", ["bits", "i8dot"])
+def test_int8_extreme_v_scales(i8_mode, monkeypatch):
     """V's scale rides in the exponent (attend_tile): zero, subnormal and huge scales stay exact."""
+    monkeypatch.setattr(dc, "INT8_CONVERT", i8_mode)
     gen = torch.Generator().manual_seed(9)
     cache = make_cache(gen, [40, 23], 16, 2, 64, "int8")
     v_scale = cache.kv_scales[1]
@@ -139,11 +150,12 @@ def test_quantized_matches_dequantized_cache(kv_dtype):
     assert rel_err(out, expected) <= TOL[kv_dtype]
 
 
-@pytest.mark.parametrize("mode", ["bits", "i2f"])
+@pytest.mark.parametrize("mode", INTERPRETED_I8_MODES)
 @pytest.mark.parametrize("head_dim,num_heads", [(128, 8), (64, 6)])
 def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, mode, monkeypatch):
     """The I2F-free INT8 -> fp16 conversion (INT8_CONVERT "bits", which the interpreter also runs
-    for the PRMT modes) and the I2F path compute the same."""
+    for the PRMT modes), the I2F path and the int8 Q.K^T dot compute the same, every byte value
+    of K included."""
     monkeypatch.setattr(dc, "INT8_CONVERT", mode)
     gen = torch.Generator().manual_seed(head_dim)
     cache = make_cache(gen, [1, 45, 130], 16, 2, head_dim, "int8")
@@ -155,13 +167,16 @@ def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, mode, 
         assert rel_err(_run(cache, q, 0.1, num_splits), expected) <= 2e-3
 
 
-@pytest.mark.parametrize("kv_dtype,num_splits,in_split", [("fp16", 1, True), ("fp16", 1, False), ("fp16", 4, True),
-                                                           ("int8", 2, True), ("int8", None, True)])
-def test_scores(kv_dtype, num_splits, in_split, monkeypatch):
+@pytest.mark.parametrize("kv_dtype,num_splits,in_split,i8_mode", [
+    ("fp16", 1, True, None), ("fp16", 1, False, None), ("fp16", 4, True, None), ("int8", 2, True, "bits"),
+    ("int8", None, True, "bits"), ("int8", 1, True, "i8dot"), ("int8", 2, False, "i8dot")])
+def test_scores(kv_dtype, num_splits, in_split, i8_mode, monkeypatch):
     """score_out gets each slot's probability summed over its group, added in place (with one split
     by stage 1 itself, or by stage 2's chunks)."""
     _poisoned_workspace(monkeypatch)
     monkeypatch.setattr(dc, "SCORES_IN_SPLIT", in_split)
+    if i8_mode:
+        monkeypatch.setattr(dc, "INT8_CONVERT", i8_mode)
     gen = torch.Generator().manual_seed(11)
     page, num_heads, num_kv_heads = 16, 8, 2
     cache = make_cache(gen, [1, 37, 100, 64], page, num_kv_heads, 64, kv_dtype)
