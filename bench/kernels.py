@@ -314,6 +314,7 @@ TUNE_CONFIGS = {
 TUNE_INT8_MODES = ("bits", "prmt", "prmt_kv", "i8dot")
 TUNE_SPLITS = [(16, 4), (8, 4), (4, 4), (32, 4), (16, 2), (8, 2), (32, 2), (32, 1), (16, 1)]  # (programs/SM, min tiles)
 TUNE_SCORE_PROGRAMS = (8, 4, 16)
+TUNE_SCORE_BLOCKS = (256, 512, 1024)  # run 5: a candidate, not yet timed
 TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (64, 16384, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
 SPLIT_SHAPES = {128: [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
 ONE_SPLIT_SHAPES = [(64, 4096, 32, 8, 128), (256, 2048, 32, 8, 128), (64, 16384, 32, 8, 128)]
@@ -322,10 +323,12 @@ TUNE_SHARE = 0.6  # of --budget-s, from the start of the run
 
 def tune(kept: dict, deadline: float, int8_only: bool = False) -> dict:
     """Choose, by the geometric mean of CUDA-graph times over a few shapes, and install in the
-    module: the INT8 conversion, each (dtype, head dim)'s tile config and split rule, and where
-    score_out's probabilities are made. Returns the record (every candidate's time)."""
+    module: the INT8 conversion, each (dtype, head dim)'s tile config and split rule, where
+    score_out's probabilities are made and the score pass's step. Returns the record (every
+    candidate's time)."""
     mod = decode_config
-    record = {"int8_convert": {}, "configs": {}, "splits": {}, "scores_in_split": {}, "score_programs_per_sm": {}}
+    record = {"int8_convert": {}, "configs": {}, "splits": {}, "scores_in_split": {}, "score_programs_per_sm": {},
+              "score_block": {}}
 
     def score(name, shapes):
         times = [gpu_ms(decode_fns(s, kept[s])[name]) for s in shapes if s in kept]
@@ -395,6 +398,10 @@ def tune(kept: dict, deadline: float, int8_only: bool = False) -> dict:
             p for p in TUNE_SCORE_PROGRAMS if p != mod.SCORE_PROGRAMS_PER_SM],
             lambda p: setattr(mod, "SCORE_PROGRAMS_PER_SM", p), "ours_fp16_scores",
             SPLIT_SHAPES[128][1:] + ONE_SPLIT_SHAPES[:1])
+    # tokens per step of the score pass (both paths): more bytes in flight a thread, fewer steps
+    pick(record["score_block"], [mod.SCORE_BLOCK] + [b for b in TUNE_SCORE_BLOCKS if b != mod.SCORE_BLOCK],
+         lambda b: setattr(mod, "SCORE_BLOCK", b), "ours_fp16_scores",
+         SPLIT_SHAPES[128][1:] + ONE_SPLIT_SHAPES[:1] + SPLIT_SHAPES[64])
     return record
 
 
@@ -405,7 +412,8 @@ def tuned_defaults_patch(mod, device: str) -> str:
                       f"CONFIGS = {{{configs}}}",
                       f"INT8_CONVERT = {mod.INT8_CONVERT!r}",
                       f"SCORES_IN_SPLIT = {mod.SCORES_IN_SPLIT}",
-                      f"SCORE_PROGRAMS_PER_SM = {mod.SCORE_PROGRAMS_PER_SM}"])
+                      f"SCORE_PROGRAMS_PER_SM = {mod.SCORE_PROGRAMS_PER_SM}",
+                      f"SCORE_BLOCK = {mod.SCORE_BLOCK}"])
 
 
 def host_overhead_us(inp, shape) -> dict:
@@ -558,14 +566,14 @@ def table(result: dict) -> str:
 
 def _smoke_settings() -> None:
     global DEV, BACKEND, SMOKE, SHAPES, TUNE_SHAPES, LARGE_TOKENS, CHECK_LENS, CHECK_PREFILL, PREFILL_SHAPES
-    global SPLIT_SHAPES, ONE_SPLIT_SHAPES, TUNE_CONFIGS, TUNE_SPLITS, TUNE_SCORE_PROGRAMS
+    global SPLIT_SHAPES, ONE_SPLIT_SHAPES, TUNE_CONFIGS, TUNE_SPLITS, TUNE_SCORE_PROGRAMS, TUNE_SCORE_BLOCKS
     DEV, BACKEND, SMOKE = torch.device("cpu"), "interpret", True
     SHAPES = [(1, 256, 8, 2, 64), (2, 128, 9, 3, 64)]
     TUNE_SHAPES = {128: [], 64: [(2, 128, 9, 3, 64)]}
     SPLIT_SHAPES = {128: [], 64: [(1, 256, 8, 2, 64)]}
     ONE_SPLIT_SHAPES = [(2, 128, 9, 3, 64)]
     TUNE_CONFIGS = {k: v[:2] for k, v in TUNE_CONFIGS.items()}  # the interpreter ignores warps and stages
-    TUNE_SPLITS, TUNE_SCORE_PROGRAMS = TUNE_SPLITS[:2], TUNE_SCORE_PROGRAMS[:2]
+    TUNE_SPLITS, TUNE_SCORE_PROGRAMS, TUNE_SCORE_BLOCKS = TUNE_SPLITS[:2], TUNE_SCORE_PROGRAMS[:2], TUNE_SCORE_BLOCKS[:2]
     LARGE_TOKENS = 256
     CHECK_LENS = [1, 17, 70, 0]
     CHECK_PREFILL = ([20, 6, 1], [20, 50, 9])
@@ -621,18 +629,18 @@ def main() -> None:
     kept = {shape: decode_inputs(shape, gen) for shape in SHAPES}
     save("inputs")
     if "tune" not in skip:
-        before = (dict(mod.CONFIGS), mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM)
+        before = (dict(mod.CONFIGS), mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM, mod.SCORE_BLOCK)
         result["tuning"] = tune(kept, start + TUNE_SHARE * args.budget_s, args.tune_int8_only)
         save("tuning")
         names = ("int8",) if args.tune_int8_only else ("fp16", "bf16", "int8", "fp8")
         result["correctness_after_tuning"] = check_correctness(decode_only=True, names=names)
         if not all(c["pass"] for c in result["correctness_after_tuning"]):  # keep what passed before
-            mod.CONFIGS, mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM = before
+            mod.CONFIGS, mod.INT8_CONVERT, mod.SCORES_IN_SPLIT, mod.SCORE_PROGRAMS_PER_SM, mod.SCORE_BLOCK = before
             result["tuning"]["reverted"] = "a check failed with the tuned settings; the defaults ran"
         save("correctness after tuning")
     result["defaults"] = {"configs": {f"{k[0]}B/D{k[1]}": vars(v) for k, v in mod.CONFIGS.items()},
                           "int8_convert": mod.INT8_CONVERT, "scores_in_split": mod.SCORES_IN_SPLIT,
-                          "score_programs_per_sm": mod.SCORE_PROGRAMS_PER_SM,
+                          "score_programs_per_sm": mod.SCORE_PROGRAMS_PER_SM, "score_block": mod.SCORE_BLOCK,
                           "patch": tuned_defaults_patch(mod, name)}
     for shape in SHAPES:
         try:

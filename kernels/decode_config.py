@@ -57,7 +57,7 @@ INT8_CONVERT = "prmt"  # H100 geomean: bits 292.8 us, prmt 273.6, prmt_kv 281.9
 # B * Hkv * chunks >= SCORE_PROGRAMS_PER_SM * SMs programs whatever the split count.
 SCORES_IN_SPLIT = False  # H100 geomean: in stage 1 831.7 us, in stage 2 822.3
 SCORE_PROGRAMS_PER_SM = 8
-SCORE_BLOCK = 256
+SCORE_BLOCK = 256  # slots a step of the score pass (a bench candidate from run 5: 256, 512, 1024)
 
 
 def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:

@@ -167,14 +167,16 @@ def test_int8_with_and_without_i2f_matches_reference(head_dim, num_heads, mode, 
         assert rel_err(_run(cache, q, 0.1, num_splits), expected) <= 2e-3
 
 
-@pytest.mark.parametrize("kv_dtype,num_splits,in_split,i8_mode", [
-    ("fp16", 1, True, None), ("fp16", 1, False, None), ("fp16", 4, True, None), ("int8", 2, True, "bits"),
-    ("int8", None, True, "bits"), ("int8", 1, True, "i8dot"), ("int8", 2, False, "i8dot")])
-def test_scores(kv_dtype, num_splits, in_split, i8_mode, monkeypatch):
+@pytest.mark.parametrize("kv_dtype,num_splits,in_split,i8_mode,score_block", [
+    ("fp16", 1, True, None, 256), ("fp16", 1, False, None, 256), ("fp16", 4, True, None, 256),
+    ("int8", 2, True, "bits", 256), ("int8", None, True, "bits", 256), ("int8", 1, True, "i8dot", 256),
+    ("int8", 2, False, "i8dot", 256), ("fp16", 1, True, None, 512), ("fp16", 2, False, None, 1024)])
+def test_scores(kv_dtype, num_splits, in_split, i8_mode, score_block, monkeypatch):
     """score_out gets each slot's probability summed over its group, added in place (with one split
-    by stage 1 itself, or by stage 2's chunks)."""
+    by stage 1 itself, or by stage 2's chunks; the score pass's step is a bench candidate)."""
     _poisoned_workspace(monkeypatch)
     monkeypatch.setattr(dc, "SCORES_IN_SPLIT", in_split)
+    monkeypatch.setattr(dc, "SCORE_BLOCK", score_block)
     if i8_mode:
         monkeypatch.setattr(dc, "INT8_CONVERT", i8_mode)
     gen = torch.Generator().manual_seed(11)
