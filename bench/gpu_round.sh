@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One GPU call that re-measures what the committed GPU numbers come from, in the order that matters
+# if the call is cut short (each step writes its JSON and log as it goes):
+#   1. bench/kernels.py            decode kernels vs peers, INT8 modes checked and tuned (issue 4)
+#   2. kvsim profile smollm2-135m  the calibrated profile of this GPU (issue 8)
+#   3. bench/fidelity.py           analytic vs compute on held-out trace rows 500-1000, with replay
+#   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
+# Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
+# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S (defaults below, ~9 minutes in all).
+set -u
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name --format=csv,noheader
+G=$(python3 -c "import torch; from engine.gpus import get_gpu; print(get_gpu(torch.cuda.get_device_name()).name)")
+echo "gpu preset: $G"
+timeout "${KERNELS_S:-150}" python3 bench/kernels.py > "$OUT/kernels_$G.log" 2>&1
+tail -45 "$OUT/kernels_$G.log"
+python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-130}" \
+    --out "$OUT/smollm2-135m_$G.json" > "$OUT/profile_$G.log" 2>&1
+tail -16 "$OUT/profile_$G.log"
+timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset 500 \
+    --profile "$OUT/smollm2-135m_$G.json" --budget-s "${FIDELITY_S:-200}" > "$OUT/fidelity_$G.log" 2>&1
+grep -v "fit rows" "$OUT/fidelity_$G.log" | tail -40
+timeout 100 python3 bench/step_overhead.py --out "$OUT/step_overhead_$G.json" > "$OUT/step_overhead_$G.log" 2>&1
+tail -24 "$OUT/step_overhead_$G.log"
