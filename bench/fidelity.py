@@ -84,26 +84,20 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int) -> dict
     its steps). Splits a step's error into the measurement's own spread (rep to rep), the serving
     loop's effect (in the run vs standalone) and the cost model's error against the standalone
     median."""
-    from engine.profile import StepBench, Stopwatch
+    from engine.profile import StepBench, Timer
 
     chosen = records[:: max(1, len(records) // count)][:count]
     need = max(sum(-(-n // backend.store.block_size) for n in replay_inputs(s)[0]) for s, _ in chosen)
     bench = StepBench(backend.runner.model, kv_dtype, backend.store.block_size, need)
-    watch, rows = Stopwatch(bench.device), []
+    timer, rows = Timer(bench.device, warmup=2, reps=reps), []
     for shape, in_situ in chosen:
         seq_lens, new = replay_inputs(shape)
         if not bench.fits(seq_lens):
             continue
         step = bench.step(bench.inputs(seq_lens, new))
         step(), step()  # captures its graph, warms
-        times = []
-        for _ in range(reps):
-            watch.start()
-            step()
-            watch.stop()
-            times.append(watch.elapsed_ms() / 1e3)
-        kind = "decode" if not shape.prefill_chunks else "mixed" if shape.num_decode_seqs else "prefill"
-        rows.append((kind, in_situ, float(np.median(times)), times, cost.step_time(shape)))
+        times = timer.times(step)
+        rows.append((step_kind(shape), in_situ, float(np.median(times)), times, cost.step_time(shape)))
     out = {"steps": len(rows), "reps": reps}
     for kind in ("all", "decode", "mixed"):
         sel = [r for r in rows if kind in ("all", r[0])]
@@ -119,7 +113,6 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int) -> dict
                      "model_vs_standalone": {"abs_median": float(np.median(abs(model))),
                                              "abs_p95": float(np.percentile(abs(model), 95)),
                                              "signed_median": float(np.median(model))}}
-    del bench
     return out
 
 
@@ -139,6 +132,10 @@ def warm_eager_steps(runner, tokens, cached) -> None:
                 runner.run([chunk, *[StepInput([0], 40, [-1], [0] * 3, 41) for _ in range(3)]])
     finally:
         runner.use_cuda_graphs = graphs
+
+
+def step_kind(shape) -> str:
+    return "decode" if not shape.prefill_chunks else "mixed" if shape.num_decode_seqs else "prefill"
 
 
 def step_errors(records, cost) -> dict:
@@ -165,7 +162,7 @@ def step_errors(records, cost) -> dict:
             excluded += 1
             continue
         rel.append(cost.step_time(shape) / measured - 1)
-        kinds.append("decode" if not chunks else "mixed" if b else "prefill")
+        kinds.append(step_kind(shape))
         scored.append((shape, measured))
     rel, kinds = np.asarray(rel), np.asarray(kinds)
     out = {"steps_scored": len(rel), "steps_equal_to_grid_points": excluded,
@@ -242,23 +239,26 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
                 "batch_size_max": int(batch.max()), "wall_s": time.perf_counter() - start}
     row = score(args, kv, policy, trace, gpu, measured, recorder.records)
     if args.replay:
-        from engine.cost_model import cost_model_for
-        from engine.gpus import get_gpu
-        from kvsim.simulate import model_config
-
-        cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
-        row["replay"] = replay(recorder.records, recorder.backend, kv, cost, args.replay, 3 if args.smoke else 5)
+        row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
+                               3 if args.smoke else 5)
     return row, recorder.records
+
+
+def analytic_cost(args, gpu: str, kv: str):
+    """The cost model the analytic side uses (the profile named by $KVSIM_PROFILES or shipped)."""
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+    from kvsim.simulate import model_config
+
+    return cost_model_for(model_config(args.model), get_gpu(gpu), kv)
 
 
 def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, records: list) -> dict:
     """The analytic run of the same configuration and the errors against the compute run."""
-    from engine.cost_model import cost_model_for
-    from engine.gpus import get_gpu
-    from kvsim.simulate import model_config, run_point
+    from kvsim.simulate import run_point
 
     analytic = run_point(make_point(args, kv, policy, trace, gpu, "analytic"))
-    cost = cost_model_for(model_config(args.model), get_gpu(gpu), kv)
+    cost = analytic_cost(args, gpu, kv)
     compute = measured["summary"]
     e2e = {k: {"compute": compute[k], "analytic": analytic.summary[k],
                "rel_error": analytic.summary[k] / compute[k] - 1} for k in E2E}

@@ -234,7 +234,7 @@ class CalibratedCostModel:
         self.block_size = profile.data["block_size"]
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
         self.decode_width, self.mixed_extra = self._fit_width(t.get("table_width"))
-        self.mixed_offset_s = 0.0 if self.mixed_extra else self._fit_mixed(t.get("mixed_step"))
+        self.mixed_offset_s = 0.0 if self.mixed_extra is not None else self._fit_mixed(t.get("mixed_step"))
         self.correction = Correction.fit(self, t.get("random_steps"))
 
     def _fit_mixed(self, mixed) -> float:
@@ -277,19 +277,19 @@ class CalibratedCostModel:
     def structural(self, s: StepShape) -> float:
         """The step from the grid tables alone (the sum above), before the fitted correction."""
         b = s.num_decode_seqs
-        width = self.graph_table(s)[1]
         if not s.prefill_chunks:
             mean = s.decode_context_tokens / b
             t = self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context)
             if self.decode_width is not None:  # the table as wide as the longest sequence, not the mean
                 natural = width_bucket(math.ceil(mean / self.block_size), self.min_width)
-                t += max(0.0, self.decode_width(b, width) - self.decode_width(b, natural))
+                t += max(0.0, self.decode_width(b, self.graph_table(s)[1]) - self.decode_width(b, natural))
             return t
         num_seqs = len(s.prefill_chunks) + b
         step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs)
         if not b:
             return step
-        return step + (self.mixed_extra(b, width) if self.mixed_extra is not None else self.mixed_offset_s)
+        return step + (self.mixed_extra(b, self.graph_table(s)[1]) if self.mixed_extra is not None
+                       else self.mixed_offset_s)
 
     def _skew(self, b: int, mean: float, longest: int) -> float:
         """What one layer's decode kernel takes beyond the uniform batch when its longest sequence

@@ -72,7 +72,7 @@ class ProfileGrid:
         steps of one mid-grid chunk, with the shortest context and tables from the narrowest the
         graphs take to the longest context's."""
         top = width_bucket(-(-max(self.contexts) // block_size))
-        widths = sorted({MIN_WIDTH_BLOCKS, *(MIN_WIDTH_BLOCKS << i for i in range(0, 16, 2) if MIN_WIDTH_BLOCKS << i < top), top})
+        widths = sorted({top, *(MIN_WIDTH_BLOCKS << i for i in range(0, 16, 2) if MIN_WIDTH_BLOCKS << i < top)})
         chunk = self.prefill_tokens[len(self.prefill_tokens) // 2]
         return [(n, b, w) for n in (0, chunk) for b in every_other(self.batches) for w in widths]
 
@@ -153,14 +153,18 @@ class Timer:
         self.cuda, self.warmup, self.reps = device.type == "cuda", warmup, reps
         self.watch = Stopwatch(device)
 
-    def _median(self, fn, calls: int = 1, reps: int | None = None) -> float:
+    def times(self, fn, reps: int | None = None) -> list[float]:
+        """Seconds of each of `reps` calls of fn, back to back."""
         times, watch = [], self.watch
         for _ in range(reps or self.reps):
             watch.start()
             fn()
             watch.stop()
             times.append(watch.elapsed_ms() / 1e3)
-        return statistics.median(times) / calls
+        return times
+
+    def _median(self, fn, calls: int = 1, reps: int | None = None) -> float:
+        return statistics.median(self.times(fn, reps)) / calls
 
     def step(self, fn) -> float:
         """A whole step as compute mode times it: the GPU idle before it, events around it."""
