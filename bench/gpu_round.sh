@@ -6,7 +6,8 @@
 #   3. bench/fidelity.py           analytic vs compute on held-out trace rows 500-1000, with replay
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
-# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S (defaults below, ~9 minutes in all).
+# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S (defaults below, ~10 minutes
+# in all; STEP_OVERHEAD_S=0 skips part 4, which keeps $OUT within the device tool's 8 files).
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
@@ -21,5 +22,7 @@ tail -16 "$OUT/profile_$G.log"
 timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset 500 \
     --profile "$OUT/smollm2-135m_$G.json" --budget-s "${FIDELITY_S:-200}" > "$OUT/fidelity_$G.log" 2>&1
 grep -v "fit rows" "$OUT/fidelity_$G.log" | tail -40
-timeout 100 python3 bench/step_overhead.py --out "$OUT/step_overhead_$G.json" > "$OUT/step_overhead_$G.log" 2>&1
+[ "${STEP_OVERHEAD_S:-100}" -gt 0 ] || exit 0
+timeout "${STEP_OVERHEAD_S:-100}" python3 bench/step_overhead.py --out "$OUT/step_overhead_$G.json" \
+    > "$OUT/step_overhead_$G.log" 2>&1
 tail -24 "$OUT/step_overhead_$G.log"
