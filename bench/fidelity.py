@@ -1,6 +1,7 @@
 """Fidelity of the analytic mode (issue 8): one slice of the Azure conversation trace replayed in
 compute mode (the real model, each step timed with CUDA events) and in analytic mode (the
-calibrated profile of this GPU), for fp16 and INT8 KV and the full and StreamingLLM policies.
+calibrated profile of this GPU), for fp16 and INT8 KV and the full, StreamingLLM and H2O policies
+(H2O's steps keep attention scores: its own fitted rows, scored_steps).
 
     python bench/fidelity.py [--requests 500] [--offset 0] [--rate-scale 40] [--profile PATH] [--budget-s 330]
     python bench/fidelity.py --smoke     # on the CPU: random weights, a handful of requests
@@ -9,7 +10,7 @@ calibrated profile of this GPU), for fp16 and INT8 KV and the full and Streaming
 Per step: every compute step's own composition (each decode sequence's context, each prefill
 chunk) predicted by the calibrated cost model against its measured time: median and p95 of
 |predicted / measured - 1|, by kind (decode-only, mixed, prefill-only). The profile's grid tables
-are uniform batches and its fitted correction's rows (random_steps) are seeded random compositions;
+are uniform batches and its fitted correction's rows (random_steps, scored_steps) are seeded random compositions;
 the trace's steps are neither (a step equal to a grid point or a fitted composition is counted
 and left out), so no scored composition was fitted to. End to end: output
 throughput, TTFT p50/p99 and TPOT p50/p99 of the analytic run against the compute run. Writes
@@ -54,14 +55,12 @@ class StepRecorder:
         self.eager_sizes = eager_sizes
 
     def attach(self, sim) -> None:
-        from engine.backends.analytic import step_shape
-
         backend = self.backend = sim.backend
         warm_eager_steps(backend.runner, *self.eager_sizes)
         execute = backend.execute
 
         def recorded(scheduled, kv, swap_bytes: int = 0):
-            shape = step_shape(scheduled, swap_bytes, decode_context=lambda it: kv.num_slots(it.seq.seq_id))
+            shape = backend.shape(scheduled, kv, swap_bytes)
             result = execute(scheduled, kv, swap_bytes)
             self.records.append((shape, result.duration_s))
             return result
@@ -94,7 +93,7 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int) -> dict
         seq_lens, new = replay_inputs(shape)
         if not bench.fits(seq_lens):
             continue
-        step = bench.step(bench.inputs(seq_lens, new))
+        step = bench.step(bench.inputs(seq_lens, new), scores=shape.scored)
         step(), step()  # captures its graph, warms
         times = timer.times(step)
         rows.append((step_kind(shape), in_situ, float(np.median(times)), times, cost.step_time(shape)))
@@ -143,7 +142,7 @@ def step_errors(records, cost) -> dict:
     from engine.calibrated import Correction
 
     tables = cost.profile.tables(cost.kv_dtype) if hasattr(cost, "profile") else {}
-    tables = {name: t for name, t in tables.items() if name != "random_steps"}
+    tables = {name: t for name, t in tables.items() if name not in ("random_steps", "scored_steps")}
     correction = getattr(cost, "correction", None)
     fitted = correction.fitted if correction else set()
     grid = {name: set(zip(*(t[c] for c in t if c != "time_s"))) for name, t in tables.items()}
@@ -166,7 +165,7 @@ def step_errors(records, cost) -> dict:
         scored.append((shape, measured))
     rel, kinds = np.asarray(rel), np.asarray(kinds)
     out = {"steps_scored": len(rel), "steps_equal_to_grid_points": excluded,
-           "fit_rows": f"{len(fitted)} random compositions of the profile (random_steps), disjoint from the "
+           "fit_rows": f"{len(fitted)} random compositions of the profile (random_steps, scored_steps), disjoint from the "
                        f"trace steps scored here", "correction": correction.describe() if correction else None}
     for kind in ("all", "decode", "mixed", "prefill"):
         r = rel if kind == "all" else rel[kinds == kind]
@@ -280,9 +279,16 @@ def records_json(records) -> list:
 
 
 def records_from_json(rows) -> list:
+    """records_json's rows back (rows written before StepShape.scored existed read as unscored)."""
     from engine.cost_model import StepShape
 
-    return [(StepShape(*row[:-2], tuple(tuple(c) for c in row[-2])), row[-1]) for row in rows]
+    names = [f.name for f in dataclasses.fields(StepShape)]
+    out = []
+    for row in rows:
+        fields = dict(zip(names, row[:-1]))
+        fields["prefill_chunks"] = tuple(tuple(c) for c in fields["prefill_chunks"])
+        out.append((StepShape(**fields), row[-1]))
+    return out
 
 
 def rescore(args) -> None:
@@ -344,8 +350,8 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0, help="trace rows to skip first")
     parser.add_argument("--rate-scale", type=float, default=40.0, help="arrivals this many times faster")
     parser.add_argument("--kv-dtypes", default="fp16,int8")
-    parser.add_argument("--policies", default="full,streaming")
-    parser.add_argument("--budget", type=int, default=512, help="StreamingLLM's token budget")
+    parser.add_argument("--policies", default="full,streaming,h2o")
+    parser.add_argument("--budget", type=int, default=512, help="the evicting policies' token budget")
     parser.add_argument("--kv-mem-gib", type=float, default=4.0)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-prompt", type=int, default=None, help="cap prompt tokens (reported)")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import statistics
 from bisect import bisect_right
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -129,15 +130,23 @@ class Correction:
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
         chunk tokens, decode rows, rows x width x block_size (as for decode-only, with the prefill
         graph's padding: sequences to a power of two, the table to the longest sequence of the step), 1
+      a step keeping attention scores (H2O, TOVA, SnapKV): the law of its kind with one more
+        feature, fitted to the scored_steps rows: decode, + context tokens (the kernel's score pass
+        and the score buffer's read-modify-write cover every key a row reads); with prefill (an eager
+        step whose chunks the torch reference scores), + causal pairs (the probabilities it
+        materializes). Without a scored law, the unscored one plus the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     Without rows (an older profile), with fewer than 2 * MIN_ROWS_PER_FEATURE a feature, or where
     the check fails, the structural prediction is kept unchanged."""
 
     MIN_ROWS_PER_FEATURE = 3
-    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {"decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
-             "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens",
-                         "constant_s")}
+    NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
+        "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "constant_s"),
+        "decode_scored": ("structural", "padded_kv_tokens", "context_max", "context_tokens", "constant_s"),
+        "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "causal_pairs",
+                           "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
@@ -145,28 +154,33 @@ class Correction:
 
     @staticmethod
     def kind(s: StepShape) -> str:
-        return "prefill" if s.prefill_chunks else "decode"
+        return ("prefill" if s.prefill_chunks else "decode") + ("_scored" if s.scored else "")
 
     @staticmethod
     def features(model: CalibratedCostModel, s: StepShape, structural: float) -> list[float]:
         b = s.num_decode_seqs
         rows, width = model.graph_table(s)
         if s.prefill_chunks:
-            return [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, 1.0]
-        return [structural, rows * width * model.block_size, s.decode_max_context, 1.0]
+            out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size]
+            return out + [s.prefill_attn_pairs] * s.scored + [1.0]
+        return [structural, rows * width * model.block_size, s.decode_max_context] + [s.decode_context_tokens] * s.scored + [1.0]
 
     @staticmethod
     def key(s: StepShape) -> tuple:
         """A composition, whatever order its sequences came in."""
-        return (s.num_decode_seqs, s.decode_context_tokens, s.decode_max_context, tuple(sorted(s.prefill_chunks)))
+        return (s.num_decode_seqs, s.decode_context_tokens, s.decode_max_context, tuple(sorted(s.prefill_chunks)),
+                s.scored)
 
     @classmethod
-    def fit(cls, model: CalibratedCostModel, table) -> Correction:
+    def fit(cls, model: CalibratedCostModel, table, scored_table=None) -> Correction:
+        """table: the random_steps rows; scored_table: the scored_steps rows (steps keeping scores)."""
         rows = {kind: ([], []) for kind in cls.NAMES}
         shapes = []
-        if table and table["time_s"]:
-            for values in zip(*table.values()):
-                shape = row_shape(dict(zip(table, values)))
+        for t, scored in ((table, False), (scored_table, True)):
+            if not t or not t["time_s"]:
+                continue
+            for values in zip(*t.values()):
+                shape = row_shape(dict(zip(t, values)), scored)
                 x, y = rows[cls.kind(shape)]
                 x.append(cls.features(model, shape, model.structural(shape)))
                 y.append(values[-1])
@@ -195,6 +209,8 @@ class Correction:
 
     def apply(self, model: CalibratedCostModel, s: StepShape, structural: float) -> float:
         w = self.weights.get(self.kind(s))
+        if w is None and s.scored:  # no scored law: the step without scores, plus their bytes
+            return self.apply(model, replace(s, scored=False), structural) + model.roofline.score_time(s)
         return structural if w is None else float(np.dot(w, self.features(model, s, structural)))
 
     def describe(self) -> dict:
@@ -235,7 +251,7 @@ class CalibratedCostModel:
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
         self.decode_width, self.mixed_extra = self._fit_width(t.get("table_width"))
         self.mixed_offset_s = 0.0 if self.mixed_extra is not None else self._fit_mixed(t.get("mixed_step"))
-        self.correction = Correction.fit(self, t.get("random_steps"))
+        self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"))
 
     def _fit_mixed(self, mixed) -> float:
         """What measured mixed steps take beyond the sum of their parts (two kernels where a pure

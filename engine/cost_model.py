@@ -6,6 +6,7 @@ of its two times: the linear layers (weights read once per step, 2 FLOPs per wei
 the LM head (only for the rows that produce a token), decode attention (every cached K/V byte
 read once, scales included), prefill attention (causal FLOPs over the chunk and its context),
 the cache writes, swap traffic over the host link, plus a fixed per-step and per-layer overhead.
+A step that keeps attention scores (StepShape.scored) also moves its score bytes (score_time).
 `cost_model_for` picks the calibrated model when a profile of (model, GPU, KV dtype) exists.
 """
 
@@ -36,6 +37,9 @@ class StepShape:
     num_decode_seqs: int = 0  # decoding sequences (one token each)
     decode_max_context: int = 0  # the most tokens one decoding sequence reads
     prefill_chunks: tuple[tuple[int, int], ...] = ()  # (cached tokens before it, new tokens) per chunk
+    scored: bool = False  # attention scores kept for the eviction policy (H2O, TOVA, SnapKV): the decode
+    # kernel adds each key's probability to a score buffer; a step with prefill runs eagerly and scores
+    # its chunks with the torch reference (engine/model.py)
 
 
 def causal_pairs(start: int, num_new: int) -> int:
@@ -72,7 +76,18 @@ class CostModel:
         t += self._roof(s.prefill_attn_pairs * self.attn_flops_per_pair,
                         s.prefill_context_tokens * self.kv_bytes_per_token)
         t += s.num_tokens * self.kv_bytes_per_token / self.bw
-        return t + self.transfer_time(s)
+        return t + self.transfer_time(s) + (self.score_time(s) if s.scored else 0.0)
+
+    def score_time(self, s: StepShape) -> float:
+        """What keeping attention scores adds, as bytes: every key a decode row reads gets an fp32 score
+        per KV head, read and written (the kernel's second pass re-reads K, assumed to hit in L2); a
+        chunk's queries get fp32 probabilities per query head, written and read back (the reference
+        materializes them), and the eager step pays its layers' launches once more."""
+        m, per_layer = self.model, 4 * self.model.num_layers
+        decode = 2 * per_layer * m.num_kv_heads * s.decode_context_tokens
+        prefill = 2 * per_layer * m.num_heads * s.prefill_attn_pairs
+        eager = m.num_layers * self.gpu.layer_overhead_s if s.prefill_chunks else 0.0
+        return (decode + prefill) / self.bw + eager
 
     def transfer_time(self, s: StepShape) -> float:
         """Block copies (read + write in HBM) and swap traffic over the host link."""

@@ -65,6 +65,7 @@ class ProfileGrid:
     warmup: int = 2
     reps: int = 5
     random_steps: int = 160  # whole steps of random compositions, of each kind (decode-only, with prefill)
+    scored_steps: int = 60  # the same keeping attention scores (H2O's steps), of each kind
     step_tokens: int = 2048  # the most tokens a random step feeds (the scheduler's max_num_batched_tokens)
 
     def widths(self, block_size: int) -> list[tuple[int, int, int]]:
@@ -86,7 +87,8 @@ class ProfileGrid:
 
 
 QUICK = ProfileGrid(batches=(1, 4, 16, 64, 256), contexts=(128, 512, 2048, 8192),
-                    prefill_tokens=(16, 64, 256, 1024, 4096), prefill_cached=(0, 4096), reps=3, random_steps=60)
+                    prefill_tokens=(16, 64, 256, 1024, 4096), prefill_cached=(0, 4096), reps=3, random_steps=60,
+                    scored_steps=30)
 RANDOM_STEP_REPS = 3  # a random step is one fitting row among hundreds: fewer reps than a grid point
 
 
@@ -252,8 +254,15 @@ class StepBench:
             out.append(StepInput(ids, start, slots, table, length))
         return out
 
-    def step(self, batch: list[StepInput]):
-        return lambda: sample(self.runner.run(batch), GREEDY, self.sampler).tolist()
+    def step(self, batch: list[StepInput], scores: bool = False):
+        """A whole step as compute mode runs it; scores: with the zeroed score buffers an eviction policy
+        that reads attention passes (engine/backends/compute.py), allocated outside the timed call."""
+        score_out = None
+        if scores:
+            slots = max(len(s.block_table) for s in batch) * self.block_size
+            score_out = [torch.zeros(len(batch), self.cfg.num_kv_heads, slots, device=self.device)
+                         for _ in range(self.cfg.num_layers)]
+        return lambda: sample(self.runner.run(batch, score_out), GREEDY, self.sampler).tolist()
 
     def tensors(self, seq_lens: list[int]):
         """(block_tables [B, max_blocks] int32, seq_lens [B] int32) for op calls."""

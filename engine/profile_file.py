@@ -54,6 +54,7 @@ TABLES = {  # name -> columns (the last one is the time)
                      "chunk_tokens", "chunk_cached", "causal_pairs",  # steps of seeded random compositions
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),
 }
+TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
 DERIVED = ("decode_overhead",)  # differences of measurements: noise can make them negative
 REQUIRED = ("decode_step", "prefill_step", "prefill_attention", "decode_attention", "lm_head_sample")
 MAX_CHUNKS = 6  # prefill chunks a random_steps row records (chunk1_tokens, chunk1_cached, ...)
@@ -76,21 +77,21 @@ def step_row(shape: StepShape, block_size: int, buckets=(), min_width_blocks: in
             sum(n for _, n in chunks), sum(s for s, _ in chunks), shape.prefill_attn_pairs, *per_chunk)
 
 
-def row_shape(row: dict) -> StepShape:
-    """The StepShape of a random_steps row ({column: value})."""
+def row_shape(row: dict, scored: bool = False) -> StepShape:
+    """The StepShape of a random_steps (or scored_steps) row ({column: value})."""
     chunks = tuple((int(row[f"chunk{i}_cached"]), int(row[f"chunk{i}_tokens"])) for i in range(1, MAX_CHUNKS + 1)
                    if row[f"chunk{i}_tokens"])
-    return composition([int(row["context_sum"]), int(row["context_max"])], int(row["batch"]), chunks)
+    return composition([int(row["context_sum"]), int(row["context_max"])], int(row["batch"]), chunks, scored)
 
 
-def composition(decode: list[int], num_decode: int, chunks: tuple) -> StepShape:
+def composition(decode: list[int], num_decode: int, chunks: tuple, scored: bool = False) -> StepShape:
     """A step of num_decode decode rows (decode = [sum of their contexts, the longest]) and
     prefill chunks ((cached, new), ...), as the simulator's scheduler would describe it."""
     return StepShape(sum(n for _, n in chunks) + num_decode, len(chunks) + num_decode,
                      decode_context_tokens=decode[0] if num_decode else 0,
                      prefill_attn_pairs=sum(causal_pairs(s, n) for s, n in chunks),
                      prefill_context_tokens=sum(s + n for s, n in chunks), num_decode_seqs=num_decode,
-                     decode_max_context=decode[1] if num_decode else 0, prefill_chunks=tuple(chunks))
+                     decode_max_context=decode[1] if num_decode else 0, prefill_chunks=tuple(chunks), scored=scored)
 
 
 class ProfileError(ConfigError):

@@ -45,6 +45,7 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
     tokens = sorted(set(grid.batches) | set(grid.prefill_tokens))
     c0 = min(grid.contexts)
     step, op = timer.step, timer.op
+    random_timer = Timer(bench.device, grid.warmup, min(grid.reps, RANDOM_STEP_REPS))
     return [
         ("decode_step", [((b, c), [c] * b, lambda b=b, c=c: step(bench.step(bench.inputs([c] * b, [1] * b))))
                          for b, c in decode]),
@@ -67,21 +68,24 @@ def _sections(grid: ProfileGrid, bench: StepBench, timer: Timer):
                           lambda n=n, b=b, w=w: step(bench.step(bench.inputs([n] * bool(n) + [c0] * b,
                                                                              [n] * bool(n) + [1] * b, w))))
                          for n, b, w in grid.widths(bs)]),
-        ("random_steps", _random_steps(grid, bench, Timer(bench.device, grid.warmup,
-                                                          min(grid.reps, RANDOM_STEP_REPS)))),
+        ("random_steps", _random_steps(grid, bench, random_timer)),
+        ("scored_steps", _random_steps(grid, bench, random_timer, scored=True)),
     ]
 
 
-def _random_steps(grid: ProfileGrid, bench: StepBench, timer: Timer) -> list:
+def _random_steps(grid: ProfileGrid, bench: StepBench, timer: Timer, scored: bool = False) -> list:
     """Whole steps of seeded random compositions (the calibrated model fits its correction to them;
-    a CPU profile, for tests only, measures 2 of each kind)."""
-    count = grid.random_steps if bench.device.type == "cuda" else min(grid.random_steps, 2)
+    a CPU profile, for tests only, measures 2 of each kind). scored: other compositions (seed 1),
+    each step keeping attention scores as under H2O."""
+    count = grid.scored_steps if scored else grid.random_steps
+    count = count if bench.device.type == "cuda" else min(count, 2)
     points = []
-    for contexts, chunks in random_compositions(grid, np.random.default_rng(0), count, bench.block_size):
+    for contexts, chunks in random_compositions(grid, np.random.default_rng(int(scored)), count, bench.block_size):
         shape = composition([sum(contexts), max(contexts, default=0)], len(contexts), chunks)
         seq_lens, new = [s + n for s, n in chunks] + contexts, [n for _, n in chunks] + [1] * len(contexts)
         row = step_row(shape, bench.block_size, bench.runner.graph_buckets, MIN_WIDTH_BLOCKS)
-        points.append((row, seq_lens, lambda s=seq_lens, n=new: timer.step(bench.step(bench.inputs(s, n)))))
+        points.append((row, seq_lens,
+                       lambda s=seq_lens, n=new: timer.step(bench.step(bench.inputs(s, n), scores=scored))))
     return points
 
 
@@ -205,6 +209,7 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
             "settings": {"warmup": grid.warmup, "reps": grid.reps, "quick": quick, "budget_s": budget_s,
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
                                           "step_tokens": grid.step_tokens},
+                         "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
                          "graph": graph_settings(device),
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}

@@ -34,3 +34,39 @@ def paged_prefill_scores_ref(
         return torch.zeros_like(q_)  # the scores are the result; the attention output is not needed
 
     _paged_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, kv_scales, torch.float32, accumulate)
+
+
+def paged_step_scores(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    score_out: torch.Tensor,
+    windows: torch.Tensor | None = None,
+    kv_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """`paged_prefill_scores_ref` for a step that mixes prefill chunks and one-token (decode)
+    sequences: the one-token sequences get their scores from the decode kernel's score_out (one
+    launch for all of them: the same probabilities, summed over the group's heads), the chunks from
+    the reference (a loop over sequences). A serving step with H2O has many decode rows and few
+    chunks, so this is what keeps its cost near the decode kernel's rather than a launch per row."""
+    import kernels  # the dispatching entry point (a Triton kernel on CUDA); kernels imports this module
+
+    lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
+    one = lens == 1
+    rows, rest = one.nonzero().squeeze(1), (~one & (lens > 0)).nonzero().squeeze(1)
+    if len(rows):
+        scores = torch.zeros(len(rows), *score_out.shape[1:], dtype=score_out.dtype, device=score_out.device)
+        kernels.paged_decode_attention(q[cu_seqlens_q[rows].long()], k_cache, v_cache, block_tables[rows],
+                                       seq_lens[rows], scale, kv_scales=kv_scales, score_out=scores)
+        score_out.index_add_(0, rows, scores)
+    if len(rest):
+        tokens = torch.repeat_interleave(~one, lens)  # the chunks' tokens in the packed step
+        cu = torch.cat([lens.new_zeros(1), lens[rest].cumsum(0)])
+        scores = torch.zeros(len(rest), *score_out.shape[1:], dtype=score_out.dtype, device=score_out.device)
+        paged_prefill_scores_ref(q[tokens], k_cache, v_cache, block_tables[rest], cu, seq_lens[rest], scale, scores,
+                                 windows[rest] if windows is not None else None, kv_scales)
+        score_out.index_add_(0, rest, scores)

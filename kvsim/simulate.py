@@ -154,7 +154,7 @@ def build_simulation(point: Point, model, prefix_block_size: int | None):
     backend = backend_name(engine)
     if backend == "analytic":
         sim = analytic_simulation(model, engine.gpu, cache.kv_dtype, budget_tokens=budget,
-                                  sink_tokens=engine.sink_tokens, **fields)
+                                  sink_tokens=engine.sink_tokens, policy=cache.policy if budget is not None else None, **fields)
     else:
         from kvsim.compute import compute_simulation
 

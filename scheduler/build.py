@@ -10,6 +10,7 @@ from engine.config import PRESETS, ModelConfig
 from engine.cost_model import cost_model_for
 from engine.errors import ConfigError
 from engine.gpus import GPU, get_gpu
+from kvcache.policies import make_policy
 from kvcache.sizing import kv_bytes_per_block
 from scheduler.config import SchedulerConfig
 from scheduler.request import Request
@@ -31,7 +32,10 @@ def kv_blocks_for_gpu(model: ModelConfig, gpu: GPU, kv_dtype: str, block_size: i
 
 def analytic_simulation(model: str | ModelConfig = "llama-3.1-8b", gpu: str | GPU = "h100",
                         kv_dtype: str = "fp16", *, gpu_mem_util: float = 0.9, budget_tokens: int | None = None,
-                        sink_tokens: int = 4, evict_every: int = 1, **scheduler_fields) -> Simulation:
+                        sink_tokens: int = 4, evict_every: int = 1, policy: str | None = None,
+                        **scheduler_fields) -> Simulation:
+    """policy: the eviction policy's name (kvcache.policies); the analytic mode chooses no tokens, but
+    a policy that reads attention scores makes every step keep them, which the cost model prices."""
     if isinstance(model, str) and model in PRESETS:
         model = PRESETS[model]
     elif isinstance(model, str):  # a checkpoint's config; engine.loader imports torch, so only here
@@ -45,7 +49,8 @@ def analytic_simulation(model: str | ModelConfig = "llama-3.1-8b", gpu: str | GP
     scheduler_fields.setdefault("max_model_len", cfg.max_position_embeddings)
     config = SchedulerConfig(**scheduler_fields)
     cost = cost_model_for(cfg, gpu, kv_dtype)  # calibrated where a profile exists, else the roofline
-    return Simulation(config, AnalyticBackend(cost, sink_tokens), budget_tokens=budget_tokens,
+    backend = AnalyticBackend(cost, sink_tokens, make_policy(policy) if policy is not None else None)
+    return Simulation(config, backend, budget_tokens=budget_tokens,
                       evict_every=evict_every, block_bytes=kv_bytes_per_block(cfg, kv_dtype, block_size))
 
 

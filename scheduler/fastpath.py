@@ -55,10 +55,12 @@ def decode_run(sim, out, first_duration_s: float):
         k -= 1
     durations, t, horizon = [first_duration_s], env.now + first_duration_s, env.peek()
     batch = len(out.scheduled)
+    keeps_scores = getattr(sim.backend, "keeps_scores", None)
+    scored = bool(keeps_scores and keeps_scores(out.scheduled))
     while len(durations) < k and t < horizon:
         j = len(durations)  # every growing sequence holds j more slots than at the first step
         shape = StepShape(batch, batch, context + j * len(growing), num_decode_seqs=batch,
-                          decode_max_context=max(longest_held, longest_growing + j if growing else 0))
+                          decode_max_context=max(longest_held, longest_growing + j if growing else 0), scored=scored)
         d = cost.step_time(shape)
         durations.append(d)
         t += d

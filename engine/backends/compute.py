@@ -12,7 +12,7 @@ import torch
 
 import numpy as np
 
-from engine.backends.analytic import AnalyticBackend, StepResult
+from engine.backends.analytic import ATTENTION_FIELDS, AnalyticBackend, StepResult
 from engine.backends.slot_scores import SlotScores
 from engine.cost_model import CostModel
 from engine.generate import SamplingParams, sample
@@ -24,9 +24,6 @@ from kvcache.policies import EvictionPolicy, make_policy, select_evictions
 from kvcache.policies.rules import max_pool
 from kvcache.swap import HostSwapPool
 
-ATTENTION_FIELDS = ("attn_sum", "attn_last", "prefill")
-
-
 class ComputeBackend(AnalyticBackend):
     needs_copies = True  # the manager logs copy-on-write, compaction and swap copies for us
 
@@ -36,9 +33,7 @@ class ComputeBackend(AnalyticBackend):
                  policy: EvictionPolicy | None = None):
         """policy: how tokens are chosen for eviction (per sequence with `set_policy`); by default
         StreamingLLM (sink_tokens sinks, then the oldest go)."""
-        super().__init__(cost_model, sink_tokens)
-        self.policy = policy if policy is not None else make_policy("streaming", sink_tokens=sink_tokens)
-        self.policies: dict[int, EvictionPolicy] = {}
+        super().__init__(cost_model, sink_tokens, policy)
         self.scores: dict[int, SlotScores] = {}
         self.forced: dict[int, list[int]] = {}  # seq_id -> its outputs, when teacher-forced
         self.on_logits = None  # callable(seq_ids, logits [n, V] float32): the rows that produced a token
@@ -62,18 +57,6 @@ class ComputeBackend(AnalyticBackend):
         n = len(prompt)
         return [prompt[j] if j < n else seq.output_ids[j - n] for j in range(start, end)]
 
-    def set_policy(self, seq_id: int, policy: EvictionPolicy) -> None:
-        self.policies[seq_id] = policy
-
-    def policy_of(self, seq_id: int) -> EvictionPolicy:
-        return self.policies.get(seq_id, self.policy)
-
-    def _needs(self, scheduled) -> set[str]:
-        needs: set[str] = set()
-        for item in scheduled:
-            needs.update(self.policy_of(item.seq.seq_id).needs)
-        return needs
-
     def execute(self, scheduled, kv, swap_bytes: int = 0) -> StepResult:
         apply_copies(kv.take_pending_copies(), self.store, self.swap_pool)
         batch = []
@@ -84,9 +67,9 @@ class ComputeBackend(AnalyticBackend):
             seq_len = kv.num_slots(seq_id) if item.seq.is_decoding else end
             batch.append(StepInput(self.known_tokens(item.seq, start, end), start, list(slots),
                                    kv.block_table(seq_id), seq_len))
-        needs = self._needs(scheduled)
+        needs = self.needs(scheduled)
         score_out = windows = None
-        if needs & set(ATTENTION_FIELDS):
+        if self.keeps_scores(scheduled):
             cfg = self.runner.model.config
             max_slots = max(len(b.block_table) for b in batch) * self.store.block_size
             score_out = [torch.zeros(len(batch), cfg.num_kv_heads, max_slots, device=self.device)
