@@ -79,13 +79,14 @@ class CostModel:
         return t + self.transfer_time(s) + (self.score_time(s) if s.scored else 0.0)
 
     def score_time(self, s: StepShape) -> float:
-        """What keeping attention scores adds, as bytes: every key a decode row reads gets an fp32 score
-        per KV head, read and written (the kernel's second pass re-reads K, assumed to hit in L2); a
-        chunk's queries get fp32 probabilities per query head, written and read back (the reference
-        materializes them), and the eager step pays its layers' launches once more."""
-        m, per_layer = self.model, 4 * self.model.num_layers
-        decode = 2 * per_layer * m.num_kv_heads * s.decode_context_tokens
-        prefill = 2 * per_layer * m.num_heads * s.prefill_attn_pairs
+        """What keeping attention scores adds, as bytes (kernels/decode_attention.py): for every key a
+        decode row reads, the kernel stores an fp32 logit per query head and reads it back, and reads and
+        writes an fp32 score per KV head; a chunk's queries get fp32 probabilities per query head,
+        written and read back (the torch reference materializes them), and that eager step pays its
+        layers' launches once more."""
+        m, per_layer = self.model, 2 * 4 * self.model.num_layers
+        decode = per_layer * (m.num_heads + m.num_kv_heads) * s.decode_context_tokens
+        prefill = per_layer * m.num_heads * s.prefill_attn_pairs
         eager = m.num_layers * self.gpu.layer_overhead_s if s.prefill_chunks else 0.0
         return (decode + prefill) / self.bw + eager
 

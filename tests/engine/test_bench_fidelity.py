@@ -32,3 +32,16 @@ def test_replay_inputs_keep_what_the_cost_model_sees(contexts, chunks):
     assert again == shape
     others = decode[1:]  # the rest share what the longest leaves, within a token of each other
     assert not others or max(others) - min(others) <= 1
+
+
+def test_recorded_steps_read_back_old_and_new_rows():
+    """A steps file keeps each StepShape field; rows recorded before `scored` existed read as unscored."""
+    import dataclasses
+
+    shape = dataclasses.replace(composition([900, 700], 2, ((64, 300),)), scored=True)
+    (back, seconds), = fidelity.records_from_json(fidelity.records_json([(shape, 0.0123)]))
+    assert back == shape and seconds == 0.0123
+    old = fidelity.records_json([(dataclasses.replace(shape, scored=False), 0.5)])[0]
+    del old[-2]  # the row as written before: prefill_chunks, then the time
+    (back, _), = fidelity.records_from_json([old])
+    assert back == dataclasses.replace(shape, scored=False)

@@ -404,3 +404,67 @@ def test_table_width_grid_spans_the_graph_widths():
     assert {w for _, _, w in points} == {16, 64, 256, 512}
     assert {b for _, b, _ in points} == {1, 4, 16, 64, 256} and {n for n, _, _ in points} == {0, 256}
     assert len(points) == 2 * 5 * 4
+
+
+def scored_law(cost, shape) -> float:
+    """The unscored law plus what keeping scores adds: a score pass over every key a decode row reads;
+    with prefill, an eager step's per-chunk work and the reference's materialized probabilities."""
+    if shape.prefill_chunks:
+        return law(cost, shape) + 2e-3 * len(shape.prefill_chunks) + 4e-13 * shape.prefill_attn_pairs + 1e-3
+    return law(cost, shape) + 5e-11 * shape.decode_context_tokens
+
+
+def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
+    table = lambda shapes, fn: dict(zip(TABLES["random_steps"], map(list, zip(
+        *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
+    tables = data["kv_dtypes"]["fp16"]["tables"]
+    tables["random_steps"] = table(random_shapes(seed=1, count=40), law)
+    unscored_only = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="a.json"))
+    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=50)], scored_law)
+    fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="b.json"))
+    assert set(fitted.correction.weights) == {"decode", "prefill", "decode_scored", "prefill_scored"}
+    new = random_shapes(seed=2, count=40)
+    for shape in new:
+        scored = replace(shape, scored=True)
+        assert fitted.step_time(shape) == pytest.approx(unscored_only.step_time(shape), rel=1e-9)
+        assert fitted.step_time(scored) == pytest.approx(max(scored_law(structural, scored), fitted.floor_s), rel=0.01)
+        # without scored rows: the unscored law plus the roofline's score bytes (more, never the same)
+        roof = unscored_only.roofline.score_time(scored)
+        assert roof > 0
+        assert unscored_only.step_time(scored) == pytest.approx(unscored_only.step_time(shape) + roof, rel=1e-9)
+    assert Correction.key(replace(new[0], scored=True)) != Correction.key(new[0])
+
+
+def test_roofline_prices_score_bytes():
+    cost = CostModel(MODEL, H100, kv_bytes_per_token=2 * 2 * MODEL.num_layers * MODEL.num_kv_heads * MODEL.head_dim)
+    for shape in (decode([300, 2000, 77]), prefill([(0, 512), (1024, 64)], [300, 20])):
+        from dataclasses import replace
+
+        extra = cost.step_time(replace(shape, scored=True)) - cost.step_time(shape)
+        assert extra == pytest.approx(cost.score_time(shape)) and extra > 0
+    # for every key a decode row reads, fp32 logits per query head and scores per KV head, written and read
+    d = decode([1000, 3000])
+    assert cost.score_time(d) == pytest.approx(8 * (MODEL.num_heads + MODEL.num_kv_heads) * MODEL.num_layers * 4000 / cost.bw)
+
+
+def test_analytic_mode_prices_h2o_above_streaming():
+    """H2O keeps attention scores every step; StreamingLLM does not: same tokens, more time."""
+    from scheduler.build import analytic_simulation
+    from scheduler.request import Request
+
+    requests = [Request(i, 0.01 * i, 3000 + 100 * (i % 3), 100) for i in range(64)]
+    runs = {}
+    for policy in ("streaming", "h2o"):
+        sim = analytic_simulation("llama-3.1-8b", "a100", "fp16", budget_tokens=2048, policy=policy)
+        sim.add_trace(requests)
+        runs[policy] = sim.run()
+    s, h = runs["streaming"].steps, runs["h2o"].steps
+    assert (s.prefill_tokens + s.decode_tokens).sum() == (h.prefill_tokens + h.decode_tokens).sum()
+    assert h.duration_s.sum() > 1.005 * s.duration_s.sum()
