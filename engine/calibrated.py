@@ -46,12 +46,14 @@ from engine.config import ModelConfig
 from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
 from engine.profile_file import (
+    GRID_AXES,
     TABLES,
     Profile,
     find_profile,
     load_profile,
     padded,
     row_shape,
+    spikes,
 )
 
 
@@ -221,6 +223,20 @@ class Correction:
         return out
 
 
+def without_spikes(tables: dict) -> tuple[dict, list]:
+    """The tables less the grid points that exceed both neighbours along their row by more than
+    profile_file.SPIKE times (the profiler measures such a point again; one still left would bend
+    every step interpolated near it), and [(table, point, seconds)] of those left out."""
+    out, dropped = dict(tables), []
+    for name, (row, col) in GRID_AXES.items():
+        table = tables.get(name)
+        drop = set(spikes(table, row, col)) if table and table["time_s"] else set()
+        if drop:
+            out[name] = {c: [v for i, v in enumerate(values) if i not in drop] for c, values in table.items()}
+            dropped += [(name, [table[c][i] for c in TABLES[name][:-1]], table["time_s"][i]) for i in sorted(drop)]
+    return out, dropped
+
+
 def _surface(tables: dict, name: str, row: str, col: str) -> Surface | None:
     table = tables.get(name)
     return Surface(table, row, col) if table and table["time_s"] else None
@@ -229,9 +245,12 @@ def _surface(tables: dict, name: str, row: str, col: str) -> Surface | None:
 class CalibratedCostModel:
     def __init__(self, profile: Profile, kv_dtype: str, roofline: CostModel):
         """roofline: the same model on the preset GPU, for the host link when none was measured."""
-        t = profile.tables(kv_dtype)
+        t, self.spikes = without_spikes(profile.tables(kv_dtype))
         self.profile, self.kv_dtype, self.layers = profile, kv_dtype, profile.num_layers
         self.source = f"calibrated profile {profile.describe()}"
+        if self.spikes:
+            self.source += "; left out as spikes: " + ", ".join(
+                f"{name}{tuple(point)} {seconds * 1e3:.3g} ms" for name, point, seconds in self.spikes)
         self.decode = _surface(t, "decode_step", "batch", "context")
         self.prefill = _surface(t, "prefill_step", "cached", "tokens")
         self.prefill_attn = _surface(t, "prefill_attention", "cached", "tokens")

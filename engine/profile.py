@@ -205,6 +205,7 @@ class Section:
     rows: dict = field(default_factory=dict)
     skipped: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)
+    remeasured: list = field(default_factory=list)  # rows (first time) of spikes measured again
 
     def __post_init__(self):
         self.rows = {c: [] for c in self.columns}

@@ -55,10 +55,32 @@ TABLES = {  # name -> columns (the last one is the time)
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),
 }
 TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
+GRID_AXES = {  # grid tables: (the row axis, the axis a row's points run along)
+    "decode_step": ("batch", "context"), "decode_attention": ("batch", "context"),
+    "decode_attention_skew": ("batch", "context"), "prefill_step": ("cached", "tokens"),
+    "prefill_attention": ("cached", "tokens")}
+SPIKE = 1.25  # a grid point this many times both its neighbours along its row is a spike (spikes())
 DERIVED = ("decode_overhead",)  # differences of measurements: noise can make them negative
 REQUIRED = ("decode_step", "prefill_step", "prefill_attention", "decode_attention", "lm_head_sample")
 MAX_CHUNKS = 6  # prefill chunks a random_steps row records (chunk1_tokens, chunk1_cached, ...)
 PROFILES_ENV = "KVSIM_PROFILES"  # files or folders (os.pathsep-separated) searched before the shipped ones
+
+
+def spikes(table: dict, row: str, col: str) -> list[int]:
+    """Indices of the points of a grid table that exceed both their neighbours along `col` (at the
+    same `row`) by more than SPIKE times: a time that more work does not explain (the machine was
+    busy for the reps of one point). The profiler measures them again; the cost model leaves out
+    any left (and says so)."""
+    by_row: dict = {}
+    for i, (r, x) in enumerate(zip(table[row], table[col])):
+        by_row.setdefault(r, []).append((x, i))
+    out, t = [], table["time_s"]
+    for points in by_row.values():
+        points.sort()
+        for (_, a), (_, i), (_, b) in zip(points, points[1:], points[2:]):
+            if t[i] > SPIKE * max(t[a], t[b]):
+                out.append(i)
+    return sorted(out)
 
 
 def padded(batch: int, context_max: int, block_size: int, buckets=(), min_width_blocks: int = 1) -> tuple[int, int]:

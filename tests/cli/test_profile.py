@@ -67,6 +67,9 @@ def test_file_records_device_versions_shape_and_grid(measured, tiny):
         assert len(random["time_s"]) == 4 and sum(c > 0 for c in random["chunks"]) == 2
         assert max(random["batch"]) <= 4 and max(random["context_max"]) <= 48
         assert all(n + b <= 2048 for n, b in zip(random["chunk_tokens"], random["batch"]))
+        scored = tables["scored_steps"]  # the same kinds of step, other compositions, keeping scores
+        assert len(scored["time_s"]) == 4 and sum(c > 0 for c in scored["chunks"]) == 2
+        assert points(scored) != points(random)
         assert all(t > 0 for name, table in tables.items() if name != "decode_overhead" for t in table["time_s"])
     assert data["kv_dtypes"]["int8"]["kv_bytes_per_token"] < data["kv_dtypes"]["fp32"]["kv_bytes_per_token"]
 
@@ -127,3 +130,23 @@ def test_replay_reports_the_calibrated_profile(tmp_path):
     assert record["cost_model"] == "calibrated profile smollm2-135m_h100.json (synthetic (test), 2026-01-01)"
     # the synthetic decode steps take 1 ms + 2 us a sequence + 0.3 ns a token read: no TPOT is shorter
     assert 1.0 <= record["tpot_ms_p50"] < 1.5
+
+
+def test_a_spike_is_measured_again_and_the_lower_time_kept():
+    from engine.profile_run import _run_section
+
+    class Fits:
+        fits = staticmethod(lambda seq_lens: True)
+
+    calls = {}
+
+    def point(b, c, first, again):
+        def measure():
+            calls[(b, c)] = calls.get((b, c), 0) + 1
+            return first if calls[(b, c)] == 1 else again
+        return (b, c), [c] * b, measure
+
+    pts = [point(1, 128, 1.0, 1.0), point(1, 256, 5.0, 1.1), point(1, 512, 1.2, 1.2), point(1, 1024, 9.0, 9.5)]
+    section = _run_section("decode_step", pts, Fits(), deadline=float("inf"), log=lambda line: None)
+    assert section.rows["time_s"] == [1.0, 1.1, 1.2, 9.0]  # the last point has one neighbour: not a spike
+    assert section.remeasured == [[1, 256, 5.0]] and calls == {(1, 128): 1, (1, 256): 2, (1, 512): 1, (1, 1024): 1}

@@ -468,3 +468,25 @@ def test_analytic_mode_prices_h2o_above_streaming():
     s, h = runs["streaming"].steps, runs["h2o"].steps
     assert (s.prefill_tokens + s.decode_tokens).sum() == (h.prefill_tokens + h.decode_tokens).sum()
     assert h.duration_s.sum() > 1.005 * s.duration_s.sum()
+
+
+def test_a_spike_in_a_grid_table_is_left_out_and_named(tmp_path):
+    """A grid point far above both neighbours along its row (the machine was busy for its reps)
+    would bend every step near it; the model interpolates past it and says so in its source."""
+    from engine.profile_file import spikes
+
+    data = profile_data()
+    table = data["kv_dtypes"]["fp16"]["tables"]["decode_step"]
+    i = [*zip(table["batch"], table["context"])].index((8, 512))
+    clean = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="clean.json"))
+    assert spikes(table, "batch", "context") == [] and "spike" not in clean.source
+    table["time_s"][i] *= 2.5
+    j = [*zip(table["batch"], table["context"])].index((4, 2048))  # a row's last point has one neighbour
+    table["time_s"][j] *= 2.5
+    assert spikes(table, "batch", "context") == [i]
+    spiky = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="spiky.json"))
+    assert "decode_step(8, 512)" in spiky.source
+    near = decode([500] * 8)
+    assert spiky.step_time(near) == pytest.approx(decode_step(8, 256) + (decode_step(8, 1024) - decode_step(8, 256))
+                                                  * (500 - 256) / (1024 - 256), rel=1e-9)
+    assert clean.step_time(near) == pytest.approx(decode_step(8, 500), rel=1e-9)
