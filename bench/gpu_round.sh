@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader
 G=$(python3 -c "import torch; from engine.gpus import get_gpu; print(get_gpu(torch.cuda.get_device_name()).name)")
 echo "gpu preset: $G"
-timeout "${KERNELS_S:-150}" python3 bench/kernels.py > "$OUT/kernels_$G.log" 2>&1
+timeout "${KERNELS_S:-150}" python3 bench/kernels.py --budget-s $(( ${KERNELS_S:-150} - 20 )) > "$OUT/kernels_$G.log" 2>&1
 tail -45 "$OUT/kernels_$G.log"
 python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-130}" \
     --out "$OUT/smollm2-135m_$G.json" > "$OUT/profile_$G.log" 2>&1
