@@ -47,6 +47,7 @@ from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
 from engine.profile_file import (
     GRID_AXES,
+    TABLE_WIDTH_PADDING,
     TABLES,
     Profile,
     find_profile,
@@ -268,7 +269,11 @@ class CalibratedCostModel:
         self.token_buckets, self.seq_buckets = graph.get("token_buckets", ()), graph.get("seq_buckets", ())
         self.block_size = profile.data["block_size"]
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
-        self.decode_width, self.mixed_extra = self._fit_width(t.get("table_width"))
+        width = t.get("table_width")
+        if width and profile.data.get("settings", {}).get("table_width", {}).get("padded_rows") != TABLE_WIDTH_PADDING:
+            width = None  # measured with every row's table padded: host packing that serving does not pay
+            self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
+        self.decode_width, self.mixed_extra = self._fit_width(width)
         self.mixed_offset_s = 0.0 if self.mixed_extra is not None else self._fit_mixed(t.get("mixed_step"))
         self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"))
 

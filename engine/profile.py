@@ -242,13 +242,16 @@ class StepBench:
 
     def inputs(self, seq_lens: list[int], new: list[int], width: int = 0) -> list[StepInput]:
         """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order.
-        width > 0 pads every block table to that many blocks (entries past a sequence's length are
-        never read: the table's width alone, as a short sequence in a batch with a long one has)."""
+        width > 0 pads the last sequence's block table to that many blocks (entries past its length
+        are never read): the step's table is that wide, as when one long sequence is in the batch,
+        and the other rows keep their own tables (the runner pads them with zeros, as in serving;
+        padding every row's list instead times host packing that serving does not pay)."""
         out, first, bs = [], 0, self.block_size
-        for length, n in zip(seq_lens, new):
+        for i, (length, n) in enumerate(zip(seq_lens, new)):
             table = list(range(first, first + self.blocks(length)))
             first += len(table)
-            table += [table[-1]] * (width - len(table))
+            if i == len(seq_lens) - 1:
+                table += [table[-1]] * (width - len(table))
             start = length - n
             ids = torch.randint(0, self.cfg.vocab_size, (n,), generator=self.ids).tolist()
             slots = [table[p // bs] * bs + p % bs for p in range(start, length)]

@@ -55,6 +55,7 @@ TABLES = {  # name -> columns (the last one is the time)
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),
 }
 TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
+TABLE_WIDTH_PADDING = "last"  # table_width pads one row's table (StepBench.inputs); older profiles padded every row
 GRID_AXES = {  # grid tables: (the row axis, the axis a row's points run along)
     "decode_step": ("batch", "context"), "decode_attention": ("batch", "context"),
     "decode_attention_skew": ("batch", "context"), "prefill_step": ("cached", "tokens"),

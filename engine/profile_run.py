@@ -27,6 +27,7 @@ from engine.profile_file import (
     FORMAT,
     GRID_AXES,
     SHAPE_FIELDS,
+    TABLE_WIDTH_PADDING,
     TABLES,
     VERSION,
     composition,
@@ -223,6 +224,7 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
                                           "step_tokens": grid.step_tokens},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
+                         "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
                          "graph": graph_settings(device),
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}

@@ -150,3 +150,19 @@ def test_a_spike_is_measured_again_and_the_lower_time_kept():
     section = _run_section("decode_step", pts, Fits(), deadline=float("inf"), log=lambda line: None)
     assert section.rows["time_s"] == [1.0, 1.1, 1.2, 9.0]  # the last point has one neighbour: not a spike
     assert section.remeasured == [[1, 256, 5.0]] and calls == {(1, 128): 1, (1, 256): 2, (1, 512): 1, (1, 1024): 1}
+
+
+def test_a_wide_table_pads_one_row_as_serving_does():
+    """table_width steps: the last sequence's table is the width (its entries past the length are
+    never read); the other rows keep their own tables, which the runner pads with zeros."""
+    from engine.config import PRESETS
+    from engine.loader import random_model
+    from engine.profile import StepBench
+
+    cfg = PRESETS["smollm2-135m"]
+    small = type(cfg)(**{**vars(cfg), "num_layers": 1, "name": "one-layer"})
+    bench = StepBench(random_model(small), "fp16", 16, want_blocks=64)
+    batch = bench.inputs([40, 20, 33], [1, 1, 1], width=8)
+    assert [len(s.block_table) for s in batch] == [3, 2, 8]
+    assert batch[2].block_table[:3] == [5, 6, 7] and batch[2].block_table[3:] == [7] * 5
+    assert [s.slots for s in batch] == [[2 * 16 + 7], [4 * 16 + 3], [7 * 16]]  # each writes its last position

@@ -197,8 +197,11 @@ def test_table_width_prices_a_wide_table_and_the_mixed_steps_rows(calibrated, tm
     data = profile_data(mixed_times=[1.0, 1.0, 1.0])  # a mixed_step median the table replaces
     data["kv_dtypes"]["fp16"]["tables"]["table_width"] = dict(zip(("chunk_tokens", "batch", "width_blocks", "time_s"),
                                                                   map(list, zip(*rows))))
+    old = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="old.json"))
+    assert "table_width not used" in old.source and old.mixed_offset_s > 0  # every row padded: not used
+    data["settings"] = {"table_width": {"padded_rows": "last"}}
     cost = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="wide.json"))
-    assert cost.mixed_offset_s == 0
+    assert cost.mixed_offset_s == 0 and "table_width" not in cost.source
     # 7 rows at 100 and one at 2000: mean 337.5 (a 32-block table), longest 2000 (128 blocks)
     skewed = decode([100] * 7 + [2000])
     assert cost.step_time(skewed) == pytest.approx(calibrated.step_time(skewed) + 1e-9 * 8 * (128 - 32), rel=1e-9)
