@@ -64,8 +64,8 @@ class ProfileGrid:
     prefill_cached: tuple[int, ...] = (0, 1024, 4096)
     warmup: int = 2
     reps: int = 5
-    random_steps: int = 160  # whole steps of random compositions, of each kind (decode-only, with prefill)
-    scored_steps: int = 60  # the same keeping attention scores (H2O's steps), of each kind
+    random_steps: int = 240  # whole steps of random compositions, of each kind (decode-only, with prefill)
+    scored_steps: int = 80  # the same keeping attention scores (H2O's steps), of each kind
     step_tokens: int = 2048  # the most tokens a random step feeds (the scheduler's max_num_batched_tokens)
 
     def widths(self, block_size: int) -> list[tuple[int, int, int]]:
