@@ -12,14 +12,18 @@ decreasing), and below the first it goes down to 0 at most.
     spreads it over the GPU only so far): the skew table is that walk, measured.
   steps with prefill chunks (n_j new tokens after s_j cached; N tokens in all; S sequences):
       Lin(N') + L * prefill_attention(n_eq, 0) + sum_j [prefill_step(n_j, s_j) - prefill_step(n_j, 0)]
-      + L * attention(B, c, m) + head(S) - head(1) + [B > 0] a
+      + L * attention(B, c, m) + head(S) - head(1) + rows(B)
     N' is N padded as the step's CUDA graph pads it (the profile's token buckets);
     Lin(N) = prefill_step(N, 0) - L * prefill_attention(N, 0) is a step without its attention;
     n_eq is the one chunk with as many causal pairs as all chunks (one kernel launch covers them);
     the context a chunk reads adds what it added to a measured step. One chunk alone is exactly
     prefill_step. Decode rows in such a step run in the decode kernel, as in a decode step:
-    attention(B, c, m) = decode_attention(B, c) + max(0, skew(B, m) - decode_attention(B, c)); a is
-    the median of what measured mixed steps take beyond that sum (see _fit_mixed).
+    attention(B, c, m) = decode_attention(B, c) + max(0, skew(B, m) - decode_attention(B, c));
+    rows(B) is what B decode rows add to a step beyond their attention and LM-head rows (packing
+    their inputs, per-row work), read off the decode_step table at its shortest context c0:
+    decode_step(B, c0) - decode_step(1, c0) - L * (decode_attention(B, c0) - decode_attention(1, c0))
+    - (head(B) - head(1)); where the profile measured table_width steps, their extra over (B, table
+    width) replaces it (see _fit_width).
   swap and block copies: bytes over the measured bandwidths.
 
 That structural sum is then corrected by a small linear law per kind of step (class Correction),
@@ -34,7 +38,6 @@ one); a profile without the table keeps the structural sum.
 from __future__ import annotations
 
 import math
-import statistics
 from bisect import bisect_right
 from dataclasses import replace
 from typing import ClassVar
@@ -274,24 +277,24 @@ class CalibratedCostModel:
             width = None  # measured with every row's table padded: host packing that serving does not pay
             self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
         self.decode_width, self.mixed_extra = self._fit_width(width)
-        self.mixed_offset_s = 0.0 if self.mixed_extra is not None else self._fit_mixed(t.get("mixed_step"))
+        self.rows = self._fit_rows() if self.mixed_extra is None else None
         self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"))
 
-    def _fit_mixed(self, mixed) -> float:
-        """What measured mixed steps take beyond the sum of their parts (two kernels where a pure
-        step has one): the median over the mixed_step table, 0 without it."""
-        if not mixed or not mixed["time_s"]:
-            return 0.0
-        return statistics.median(
-            measured - self._with_prefill(((cached, n),), b, b * context, context, 1 + b)
-            for n, cached, b, context, measured in zip(*(mixed[k] for k in TABLES["mixed_step"])))
+    def _fit_rows(self) -> Curve:
+        """rows(B) above, at every batch the decode_step table measured at its shortest context."""
+        t = self.profile.tables(self.kv_dtype)["decode_step"]
+        c0 = min(t["context"])
+        batches = sorted({b for b, c in zip(t["batch"], t["context"]) if c == c0})
+        cost = lambda b: max(0.0, self.decode(b, c0) - self.decode(1, c0) - self.layers * (
+            self.attn(b, c0) - self.attn(1, c0)) - (self.head(b) - self.head(1)))
+        return Curve(batches, [cost(b) for b in batches])
 
     def _fit_width(self, table) -> tuple[Surface | None, Surface | None]:
         """From the table_width steps (rows at a short context c, block tables padded to w blocks):
         (decode steps' time over (batch, w): its increase from the width the decode_step table was
         measured at to a step's own width is what a long sequence costs the others' rows;
         what a step of one chunk and b decode rows took beyond the structural sum of its parts,
-        over (b, w): the mixed step's extra, measured where the old offset was one median).
+        over (b, w): the mixed step's extra, measured, in place of rows(b)).
         (None, None) for a profile without the table."""
         if not table or not table["time_s"]:
             return None, None
@@ -329,7 +332,7 @@ class CalibratedCostModel:
         if not b:
             return step
         return step + (self.mixed_extra(b, self.graph_table(s)[1]) if self.mixed_extra is not None
-                       else self.mixed_offset_s)
+                       else self.rows(b))
 
     def _skew(self, b: int, mean: float, longest: int) -> float:
         """What one layer's decode kernel takes beyond the uniform batch when its longest sequence

@@ -39,7 +39,8 @@ SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "
 TABLES = {  # name -> columns (the last one is the time)
     "decode_step": ("batch", "context", "time_s"),  # whole decode step, every sequence at `context`
     "prefill_step": ("tokens", "cached", "time_s"),  # whole step: one chunk of `tokens` after `cached`
-    "mixed_step": ("tokens", "cached", "batch", "context", "time_s"),  # a chunk + a decode batch
+    "mixed_step": ("tokens", "cached", "batch", "context", "time_s"),  # a chunk + a decode batch (checks only:
+    # the cost model read its median extra until 2026-12-06; one eager point made it 0.6 ms)
     "prefill_attention": ("tokens", "cached", "time_s"),  # prefill kernel, one layer
     "prefill_decode_rows": ("batch", "context", "time_s"),  # (profiles before 2026-11-23 (3); unused)
     "decode_attention": ("batch", "context", "time_s"),  # decode kernel, one layer

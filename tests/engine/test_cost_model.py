@@ -164,18 +164,20 @@ def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monke
     assert two == pytest.approx(prefill_step(128, 0) + layers * (attn_eq - prefill_attention(128, 0)) + context
                                 + head(2) - head(1), rel=1e-9)
     assert two < prefill_step(128, 0) + context + head(2) - head(1)  # fewer pairs than one chunk of 128
-    # decode rows in a mixed step run in the decode kernel: its per-layer time joins the sum
+    # decode rows in a mixed step run in the decode kernel: its per-layer time joins the sum, with what
+    # the rows add to a decode step beyond attention and the head (the decode_step table at 128 tokens)
     mixed = [prefill([(s, n)], [c] * b) for n, s, b, c in MIXED]
-    sums = [calibrated.step_time(shape) for shape in mixed]  # this profile has no mixed steps
-    assert calibrated.mixed_offset_s == 0
+    rows = lambda b: decode_step(b, 128) - decode_step(1, 128) - layers * (decode_attention(b, 128)
+                                                                           - decode_attention(1, 128)) - head(b) + head(1)
     n, s, b, c = MIXED[0]
-    assert sums[0] == pytest.approx(prefill_step(n + b, 0) + layers * (prefill_attention(n, 0) - calibrated.prefill_attn(0, n + b)
-                                    + decode_attention(b, c)) + head(1 + b) - head(1), rel=1e-9)
-    # measured mixed steps: the median of what they take over the sum is added to every mixed step
+    assert calibrated.rows(b) == pytest.approx(rows(b), rel=1e-9) and rows(b) > 0
+    assert calibrated.step_time(mixed[0]) == pytest.approx(
+        prefill_step(n + b, 0) + layers * (prefill_attention(n, 0) - calibrated.prefill_attn(0, n + b)
+                                           + decode_attention(b, c)) + head(1 + b) - head(1) + rows(b), rel=1e-9)
+    # measured mixed steps (the mixed_step table) no longer move the sum: checks only
+    sums = [calibrated.step_time(shape) for shape in mixed]
     fitted = with_mixed(tmp_path, monkeypatch, [t + extra for t, extra in zip(sums, [5e-4, 1e-4, 2e-4])])
-    assert fitted.mixed_offset_s == pytest.approx(2e-4)
-    bigger = prefill([(0, 1500)], [700] * 100)
-    assert fitted.step_time(bigger) == pytest.approx(calibrated.step_time(bigger) + 2e-4)
+    assert [fitted.step_time(shape) for shape in mixed] == pytest.approx(sums, rel=1e-12)
     assert fitted.step_time(prefill([(0, 64), (1024, 64)])) == pytest.approx(two, rel=1e-12)  # no decode rows
     # one long decode row among short ones: its own walk (the skew table) bounds the rows' attention
     few = [calibrated.step_time(prefill([(0, 256)], [c] * 3 + [4000])) for c in (100, 200)]
@@ -194,14 +196,14 @@ def test_table_width_prices_a_wide_table_and_the_mixed_steps_rows(calibrated, tm
     rows = [(0, b, w, wide(b, w)) for b in BATCHES for w in widths]
     rows += [(chunk, b, w, calibrated.structural(prefill([(0, chunk)], [128] * b)) + extra(b, w))
              for b in BATCHES for w in widths]
-    data = profile_data(mixed_times=[1.0, 1.0, 1.0])  # a mixed_step median the table replaces
+    data = profile_data(mixed_times=[1.0, 1.0, 1.0])  # mixed_step points: checks only
     data["kv_dtypes"]["fp16"]["tables"]["table_width"] = dict(zip(("chunk_tokens", "batch", "width_blocks", "time_s"),
                                                                   map(list, zip(*rows))))
     old = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="old.json"))
-    assert "table_width not used" in old.source and old.mixed_offset_s > 0  # every row padded: not used
+    assert "table_width not used" in old.source and old.rows is not None  # every row padded: not used
     data["settings"] = {"table_width": {"padded_rows": "last"}}
     cost = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="wide.json"))
-    assert cost.mixed_offset_s == 0 and "table_width" not in cost.source
+    assert cost.rows is None and "table_width" not in cost.source
     # 7 rows at 100 and one at 2000: mean 337.5 (a 32-block table), longest 2000 (128 blocks)
     skewed = decode([100] * 7 + [2000])
     assert cost.step_time(skewed) == pytest.approx(calibrated.step_time(skewed) + 1e-9 * 8 * (128 - 32), rel=1e-9)
