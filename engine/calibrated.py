@@ -202,16 +202,20 @@ class Correction:
 
     @staticmethod
     def _checked_fit(x: np.ndarray, y: np.ndarray):
-        """Fit on the even rows, score on the odd ones (median |relative error|): a law that does not
-        beat the structural sum (column 0) there is not used (a noisy table fits noise). Kept ones
-        are refitted on every row. -> (weights or None, the held-out medians)."""
+        """Fit on the even rows, score on the odd ones: a law whose mean |relative error| there does
+        not beat the structural sum's (column 0) is not used (a noisy table fits noise). The mean,
+        not the median: the law trades a little on typical steps for much on the tail (the median
+        alone rejected laws that cut p95 by a fifth). Kept ones are refitted on every row.
+        -> (weights or None, the held-out errors)."""
         fit = lambda xs, ys: nonnegative_lstsq(xs / ys[:, None], np.ones(len(ys)), free=(xs.shape[1] - 1,))
         w = fit(x[::2], y[::2])
         held_x, held_y = x[1::2], y[1::2]
-        corrected = float(np.median(abs(held_x @ w / held_y - 1)))
-        structural = float(np.median(abs(held_x[:, 0] / held_y - 1)))
-        check = {"held_out_rows": len(held_y), "structural": structural, "corrected": corrected}
-        return (fit(x, y) if corrected < structural else None), check
+        errors = {"corrected": abs(held_x @ w / held_y - 1), "structural": abs(held_x[:, 0] / held_y - 1)}
+        check = {"held_out_rows": len(held_y), "structural": float(np.median(errors["structural"])),
+                 "corrected": float(np.median(errors["corrected"])),
+                 **{f"{k}_mean": float(np.mean(e)) for k, e in errors.items()},
+                 **{f"{k}_p95": float(np.percentile(e, 95)) for k, e in errors.items()}}
+        return (fit(x, y) if check["corrected_mean"] < check["structural_mean"] else None), check
 
     def apply(self, model: CalibratedCostModel, s: StepShape, structural: float) -> float:
         w = self.weights.get(self.kind(s))
