@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 
 from engine.cost_model import StepShape
-from scheduler.request import Status
 
 
 def _new_blocks(slots: int, extra: int, block_size: int) -> int:

@@ -20,7 +20,7 @@ from engine.loader import LoadedModel
 from engine.runner import ModelRunner, StepInput
 from kvcache.copy_exec import apply_copies
 from kvcache.kv_store import PagedKVStore
-from kvcache.policies import EvictionPolicy, make_policy, select_evictions
+from kvcache.policies import EvictionPolicy, select_evictions
 from kvcache.policies.rules import max_pool
 from kvcache.swap import HostSwapPool
 
