@@ -23,6 +23,6 @@ timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weight
     --profile "$OUT/smollm2-135m_$G.json" --budget-s "${FIDELITY_S:-200}" > "$OUT/fidelity_$G.log" 2>&1
 grep -v "fit rows" "$OUT/fidelity_$G.log" | tail -40
 [ "${STEP_OVERHEAD_S:-100}" -gt 0 ] || exit 0
-timeout "${STEP_OVERHEAD_S:-100}" python3 bench/step_overhead.py --out "$OUT/step_overhead_$G.json" \
+timeout "${STEP_OVERHEAD_S:-100}" python3 -m bench.step_overhead --out "$OUT/step_overhead_$G.json" \
     > "$OUT/step_overhead_$G.log" 2>&1
 tail -24 "$OUT/step_overhead_$G.log"
