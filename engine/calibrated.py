@@ -25,9 +25,12 @@ decreasing), and below the first it goes down to 0 at most.
     - (head(B) - head(1)); where the profile measured table_width steps, their extra over (B, table
     width) replaces it (see _fit_width).
   swap and block copies: bytes over the measured bandwidths.
+Grid points that exceed both neighbours along their row by profile_file.SPIKE are left out
+(without_spikes; the model's source names them).
 
 That structural sum is then corrected by a small linear law per kind of step (class Correction),
-fitted at load time to the profile's random_steps table: whole steps of seeded random
+fitted at load time to the profile's random_steps table (and, for steps that keep attention
+scores, its scored_steps table): whole steps of seeded random
 compositions (heterogeneous contexts, several chunks) timed as compute mode times them. Uniform
 grid points miss what serving steps pay for: the padded CUDA graph (rows x block-table width:
 host packing, split count), per-chunk work of eager steps. The fitting rows are random
