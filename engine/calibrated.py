@@ -283,20 +283,19 @@ class CalibratedCostModel:
         if width and profile.data.get("settings", {}).get("table_width", {}).get("padded_rows") != TABLE_WIDTH_PADDING:
             width = None  # measured with every row's table padded: host packing that serving does not pay
             self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
-        self.decode_width, self.mixed_extra = self._fit_width(width)
-        self.rows = self._fit_rows() if self.mixed_extra is None else None
+        self.decode_width, self.mixed_extra = self._fit_width(width, t["decode_step"])
+        self.rows = self._fit_rows(t["decode_step"]) if self.mixed_extra is None else None
         self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"))
 
-    def _fit_rows(self) -> Curve:
-        """rows(B) above, at every batch the decode_step table measured at its shortest context."""
-        t = self.profile.tables(self.kv_dtype)["decode_step"]
+    def _fit_rows(self, t: dict) -> Curve:
+        """rows(B) above, at every batch the decode_step table t measured at its shortest context."""
         c0 = min(t["context"])
         batches = sorted({b for b, c in zip(t["batch"], t["context"]) if c == c0})
         cost = lambda b: max(0.0, self.decode(b, c0) - self.decode(1, c0) - self.layers * (
             self.attn(b, c0) - self.attn(1, c0)) - (self.head(b) - self.head(1)))
         return Curve(batches, [cost(b) for b in batches])
 
-    def _fit_width(self, table) -> tuple[Surface | None, Surface | None]:
+    def _fit_width(self, table, decode_step: dict) -> tuple[Surface | None, Surface | None]:
         """From the table_width steps (rows at a short context c, block tables padded to w blocks):
         (decode steps' time over (batch, w): its increase from the width the decode_step table was
         measured at to a step's own width is what a long sequence costs the others' rows;
@@ -307,7 +306,7 @@ class CalibratedCostModel:
             return None, None
         decode = {col: [] for col in ("batch", "width", "time_s")}
         mixed = {col: [] for col in ("batch", "width", "time_s")}
-        context = min(self.profile.tables(self.kv_dtype)["decode_step"]["context"])
+        context = min(decode_step["context"])
         for n, b, w, measured in zip(*(table[c] for c in TABLES["table_width"])):
             if n and b:
                 measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b)

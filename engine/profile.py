@@ -261,11 +261,7 @@ class StepBench:
     def step(self, batch: list[StepInput], scores: bool = False):
         """A whole step as compute mode runs it; scores: with the zeroed score buffers an eviction policy
         that reads attention passes (engine/backends/compute.py), allocated outside the timed call."""
-        score_out = None
-        if scores:
-            slots = max(len(s.block_table) for s in batch) * self.block_size
-            score_out = [torch.zeros(len(batch), self.cfg.num_kv_heads, slots, device=self.device)
-                         for _ in range(self.cfg.num_layers)]
+        score_out = self.runner.score_buffers(batch) if scores else None
         return lambda: sample(self.runner.run(batch, score_out), GREEDY, self.sampler).tolist()
 
     def tensors(self, seq_lens: list[int]):

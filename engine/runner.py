@@ -161,6 +161,11 @@ class ModelRunner:
             meta.score_windows = torch.tensor(score_windows, device=self.device)
         return ids, meta, last
 
+    def score_buffers(self, batch: list[StepInput]) -> list[torch.Tensor]:
+        """Zeroed score_out for `run`: per layer [B, Hkv, slots of the widest table] float32."""
+        cfg, slots = self.model.config, max(len(s.block_table) for s in batch) * self.kv_store.block_size
+        return [torch.zeros(len(batch), cfg.num_kv_heads, slots, device=self.device) for _ in range(cfg.num_layers)]
+
     def run(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
             score_windows: list[int] | None = None) -> torch.Tensor:
         """Logits [B, vocab] (float32) of each sequence's last new token. With score_out, the

@@ -1,10 +1,12 @@
 """Attention each cached slot receives during a prefill chunk (what H2O and SnapKV need from
-the prompt). Torch reference only: it runs in quality experiments, not on the serving path."""
+the prompt). Torch reference for the chunks (no Triton kernel yet): compute mode runs it in every
+step with prefill that keeps scores, which is why such steps run eagerly."""
 
 from __future__ import annotations
 
 import torch
 
+import kernels
 from kernels.reference import _attend, _paged_prefill
 
 
@@ -53,8 +55,6 @@ def paged_step_scores(
     launch for all of them: the same probabilities, summed over the group's heads), the chunks from
     the reference (a loop over sequences). A serving step with H2O has many decode rows and few
     chunks, so this is what keeps its cost near the decode kernel's rather than a launch per row."""
-    import kernels  # the dispatching entry point (a Triton kernel on CUDA); kernels imports this module
-
     lens = cu_seqlens_q[1:] - cu_seqlens_q[:-1]
     one = lens == 1
     rows, rest = one.nonzero().squeeze(1), (~one & (lens > 0)).nonzero().squeeze(1)

@@ -25,6 +25,11 @@ class StepResult:
 ATTENTION_FIELDS = ("attn_sum", "attn_last", "prefill")  # SlotState fields read from attention probabilities
 
 
+def reads_attention(needs) -> bool:
+    """Whether policies needing these SlotState fields make a step keep attention scores."""
+    return not set(needs).isdisjoint(ATTENTION_FIELDS)
+
+
 def step_shape(scheduled, swap_bytes: int = 0, copy_bytes: int = 0, decode_context=None,
                scored: bool = False) -> StepShape:
     """Aggregate a step for the cost model. decode_context(item) -> tokens a decode reads
@@ -66,6 +71,8 @@ class AnalyticBackend:
 
     def needs(self, scheduled) -> set[str]:
         """The per-slot state (SlotState fields) the policies of a step's sequences read."""
+        if not self.policies:  # every sequence has the default policy (the analytic mode's case)
+            return set(self.policy.needs)
         needs: set[str] = set()
         for item in scheduled:
             needs.update(self.policy_of(item.seq.seq_id).needs)
@@ -73,7 +80,7 @@ class AnalyticBackend:
 
     def keeps_scores(self, scheduled) -> bool:
         """Whether the step keeps attention scores (some sequence's policy reads them)."""
-        return bool(self.needs(scheduled) & set(ATTENTION_FIELDS))
+        return reads_attention(self.needs(scheduled))
 
     def shape(self, scheduled, kv, swap_bytes: int = 0) -> StepShape:
         """The step as the cost model sees it: decode rows read the slots the manager holds for them."""

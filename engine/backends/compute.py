@@ -12,7 +12,7 @@ import torch
 
 import numpy as np
 
-from engine.backends.analytic import ATTENTION_FIELDS, AnalyticBackend, StepResult
+from engine.backends.analytic import AnalyticBackend, StepResult, reads_attention
 from engine.backends.slot_scores import SlotScores
 from engine.cost_model import CostModel
 from engine.generate import SamplingParams, sample
@@ -69,11 +69,8 @@ class ComputeBackend(AnalyticBackend):
                                    kv.block_table(seq_id), seq_len))
         needs = self.needs(scheduled)
         score_out = windows = None
-        if self.keeps_scores(scheduled):
-            cfg = self.runner.model.config
-            max_slots = max(len(b.block_table) for b in batch) * self.store.block_size
-            score_out = [torch.zeros(len(batch), cfg.num_kv_heads, max_slots, device=self.device)
-                         for _ in range(cfg.num_layers)]  # [B, Hkv, max_slots] per layer
+        if reads_attention(needs):
+            score_out = self.runner.score_buffers(batch)
             windows = [self._prompt_window(item) for item in scheduled]
         if self.measure:
             # a CUDA graph this step needs is captured first, untimed (a server captures at startup)
@@ -114,7 +111,7 @@ class ComputeBackend(AnalyticBackend):
             scores = self.scores.setdefault(seq_id, SlotScores())
             fresh = scores.sync(kv.slot_positions(seq_id))
             n = len(scores.positions)
-            if attention is not None and set(policy.needs) & set(ATTENTION_FIELDS):
+            if attention is not None and reads_attention(policy.needs):
                 row = attention[b, :n]
                 if policy.group_reduce == "mean":
                     row = row / self.runner.model.config.group_size
