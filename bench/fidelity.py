@@ -46,12 +46,15 @@ FLOORS = {"step_median": 0.05, "step_p95": 0.15, "e2e": 0.05}  # issue 8
 
 
 class StepRecorder:
-    """Wraps a compute backend's execute: each step's composition and measured duration. Before
-    the run it warms what a timed step must not pay for: Triton compiles of the eager steps (the
-    backend itself captures each CUDA graph before the step that needs it is timed)."""
+    """Wraps a compute backend's execute: each step's composition and measured duration, and the
+    host time since the previous step returned (the serving loop's scheduling, eviction and
+    bookkeeping, while the GPU idles: `gaps`). Before the run it warms what a timed step must not
+    pay for: Triton compiles of the eager steps (the backend itself captures each CUDA graph before
+    the step that needs it is timed)."""
 
     def __init__(self, eager_sizes: tuple):
         self.records: list[tuple] = []
+        self.gaps: list[float] = []
         self.eager_sizes = eager_sizes
 
     def attach(self, sim) -> None:
@@ -59,10 +62,15 @@ class StepRecorder:
         warm_eager_steps(backend.runner, *self.eager_sizes)
         execute = backend.execute
 
+        last = [None]
+
         def recorded(scheduled, kv, swap_bytes: int = 0):
+            start = time.perf_counter()
             shape = backend.shape(scheduled, kv, swap_bytes)
             result = execute(scheduled, kv, swap_bytes)
             self.records.append((shape, result.duration_s))
+            self.gaps.append(start - last[0] if last[0] is not None else 0.0)
+            last[0] = time.perf_counter()
             return result
 
         backend.execute = recorded
@@ -77,37 +85,47 @@ def replay_inputs(shape) -> tuple[list[int], list[int]]:
     return [c + n for c, n in chunks] + contexts, [n for _, n in chunks] + [1] * b
 
 
-def replay(records, backend, kv_dtype: str, cost, count: int, reps: int) -> dict:
+def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=None) -> dict:
     """Diagnostic, fitted to nothing: `count` of the run's steps, spread over it, timed again
     standalone (a fresh store, blocks in order, `reps` times after a warm-up, as the profile times
-    its steps). Splits a step's error into the measurement's own spread (rep to rep), the serving
-    loop's effect (in the run vs standalone) and the cost model's error against the standalone
-    median."""
+    its steps), and again each after the GPU idled as long as it did before that step in the run
+    (gaps: the host time before each step). Splits a step's error into the measurement's own
+    spread (rep to rep), the serving loop's effect (in the run vs standalone; vs standalone after
+    the same idle: what the idle GPU explains of it) and the cost model's error against the
+    standalone median."""
     from engine.profile import StepBench, Timer
 
-    chosen = records[:: max(1, len(records) // count)][:count]
+    every = max(1, len(records) // count)
+    chosen = records[::every][:count]
+    gaps = (gaps or [0.0] * len(records))[::every][:count]
     need = max(sum(-(-n // backend.store.block_size) for n in replay_inputs(s)[0]) for s, _ in chosen)
     bench = StepBench(backend.runner.model, kv_dtype, backend.store.block_size, need)
     timer, rows = Timer(bench.device, warmup=2, reps=reps), []
-    for shape, in_situ in chosen:
+    for (shape, in_situ), gap in zip(chosen, gaps):
         seq_lens, new = replay_inputs(shape)
         if not bench.fits(seq_lens):
             continue
         step = bench.step(bench.inputs(seq_lens, new), scores=shape.scored)
         step(), step()  # captures its graph, warms
         times = timer.times(step)
-        rows.append((step_kind(shape), in_situ, float(np.median(times)), times, cost.step_time(shape)))
+        idle = float(np.median(timer.times(step, idle_s=gap))) if gap else float(np.median(times))
+        rows.append((step_kind(shape), in_situ, float(np.median(times)), times, cost.step_time(shape), idle, gap))
     out = {"steps": len(rows), "reps": reps}
     for kind in ("all", "decode", "mixed"):
         sel = [r for r in rows if kind in ("all", r[0])]
         if not sel:
             continue
         situ = np.array([r[1] / r[2] - 1 for r in sel])  # in the run vs standalone
+        idle = np.array([r[1] / r[5] - 1 for r in sel])  # in the run vs standalone after the run's idle
         spread = np.array([t / r[2] - 1 for r in sel for t in r[3]])
         model = np.array([r[4] / r[2] - 1 for r in sel])
         out[kind] = {"steps": len(sel),
                      "in_run_vs_standalone": {"median": float(np.median(situ)), "p10": float(np.percentile(situ, 10)),
                                               "p90": float(np.percentile(situ, 90))},
+                     "in_run_vs_standalone_after_idle": {"median": float(np.median(idle)),
+                                                         "p10": float(np.percentile(idle, 10)),
+                                                         "p90": float(np.percentile(idle, 90))},
+                     "idle_ms_median": float(np.median([r[6] for r in sel]) * 1e3),
                      "rep_spread_abs_p95": float(np.percentile(abs(spread), 95)),
                      "model_vs_standalone": {"abs_median": float(np.median(abs(model))),
                                              "abs_p95": float(np.percentile(abs(model), 95)),
@@ -236,10 +254,12 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     measured = {"summary": {k: compute.summary[k] for k in (*E2E, "requests_completed", "preemptions", "cost_model")},
                 "num_steps": len(compute.steps), "batch_size_median": float(batch.median()),
                 "batch_size_max": int(batch.max()), "wall_s": time.perf_counter() - start}
+    gaps = np.array(recorder.gaps[1:] or [0.0]) * 1e3
+    measured["host_gap_ms"] = {"median": float(np.median(gaps)), "p90": float(np.percentile(gaps, 90))}
     row = score(args, kv, policy, trace, gpu, measured, recorder.records)
     if args.replay:
         row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
-                               3 if args.smoke else 5)
+                               3 if args.smoke else 5, recorder.gaps)
     return row, recorder.records
 
 
@@ -334,6 +354,9 @@ def print_row(r: dict) -> None:
             print(f"      {kind:8s} {k['steps']:5d} steps: |err| median {100 * k['abs_median']:5.1f}%, "
                   f"p95 {100 * k['abs_p95']:5.1f}%, signed median {100 * k['signed_median']:+5.1f}%")
     print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
+    gap = r["measured"].get("host_gap_ms")
+    if gap:
+        print(f"      host time between steps (GPU idle): median {gap['median']:.2f} ms, p90 {gap['p90']:.2f} ms")
     for kind, k in ((kind, r.get("replay", {}).get(kind)) for kind in ("all", "decode", "mixed")):
         if k:
             situ, model = k["in_run_vs_standalone"], k["model_vs_standalone"]
@@ -341,6 +364,11 @@ def print_row(r: dict) -> None:
                   f"(p10 {100 * situ['p10']:+5.1f}%, p90 {100 * situ['p90']:+5.1f}%); rep spread p95 "
                   f"{100 * k['rep_spread_abs_p95']:4.1f}%; model vs standalone |err| median {100 * model['abs_median']:4.1f}% "
                   f"p95 {100 * model['abs_p95']:4.1f}%")
+            idle = k.get("in_run_vs_standalone_after_idle")
+            if idle:
+                print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
+                      f"standalone - 1 median {100 * idle['median']:+5.1f}% (p10 {100 * idle['p10']:+5.1f}%, "
+                      f"p90 {100 * idle['p90']:+5.1f}%)")
 
 
 def main() -> None:

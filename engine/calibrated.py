@@ -6,25 +6,38 @@ piecewise linear (exact at the points); past the last point the end segment cont
 decreasing), and below the first it goes down to 0 at most.
 
   pure decode (B sequences, contexts c_i, mean c, longest m):
-      decode_step(B, c) + L * max(0, skew(B, m) - decode_attention(B, c))
+      decode_step(B, c) + L * max(0, walk(w) - decode_attention(B, c))
     decode_step is linear in the context, so at a fixed batch it sees only the KV bytes read
-    (the sum); a long sequence in a short batch is bound by its own walk instead (split-K
-    spreads it over the GPU only so far): the skew table is that walk, measured.
+    (the sum); a long sequence is bound by its own walk instead: one program per (sequence, KV
+    head, split) reads its split alone, w = min(m, split length) keys, where the split count
+    follows from the launch's rows and block-table capacity (kernels/decode_config.py, as the
+    kernel picks it: one split once the rows alone fill the GPU, so a long sequence in a padded
+    batch of 96 walks all of it while one in a batch of 64 is split in 3). walk(w) is the
+    decode_attention_skew table (one sequence at m among one-block ones) read by the keys its
+    program walked.
   steps with prefill chunks (n_j new tokens after s_j cached; N tokens in all; S sequences):
-      Lin(N') + L * prefill_attention(n_eq, 0) + sum_j [prefill_step(n_j, s_j) - prefill_step(n_j, 0)]
-      + L * attention(B, c, m) + head(S) - head(1) + rows(B)
+      Lin(N') + L * A + max_j R(s_j, n_j) + L * attention(B, c, m) + head(S) - head(1) + rows(B)
     N' is N padded as the step's CUDA graph pads it (the profile's token buckets);
     Lin(N) = prefill_step(N, 0) - L * prefill_attention(N, 0) is a step without its attention;
-    n_eq is the one chunk with as many causal pairs as all chunks (one kernel launch covers them);
-    the context a chunk reads adds what it added to a measured step. One chunk alone is exactly
-    prefill_step. Decode rows in such a step run in the decode kernel, as in a decode step:
-    attention(B, c, m) = decode_attention(B, c) + max(0, skew(B, m) - decode_attention(B, c));
+    A = max(prefill_attention(n_eq, 0), max_j prefill_attention(n_j, s_j)): one launch covers all
+    chunks, its query tiles in parallel (fewer programs than SMs for a small model), so it takes
+    the longest chunk's time (a tile's walk over its cached context and causal keys) or, when the
+    causal work dominates, that of n_eq, the one chunk with as many causal pairs as all of them;
+    R(s, n) = prefill_step(n, s) - prefill_step(n, 0) - L * (prefill_attention(n, s) -
+    prefill_attention(n, 0)): what a chunk's cached context adds to a measured step beyond its
+    attention (the wider table's work), also the longest chunk's, not a sum. One chunk alone is
+    exactly prefill_step. Decode rows in such a step run in the decode kernel, as in a decode
+    step, with the step's rows and table: attention(B, c, m) = decode_attention(B, c)
+    + max(0, walk(w) - decode_attention(B, c));
     rows(B) is what B decode rows add to a step beyond their attention and LM-head rows (packing
     their inputs, per-row work), read off the decode_step table at its shortest context c0:
     decode_step(B, c0) - decode_step(1, c0) - L * (decode_attention(B, c0) - decode_attention(1, c0))
     - (head(B) - head(1)); where the profile measured table_width steps, their extra over (B, table
     width) replaces it (see _fit_width).
   swap and block copies: bytes over the measured bandwidths.
+The split rule is the one kernels/decode_config.py holds now; a profile measured under another
+rule reads its skew points at walks its kernel did not take (the configs change only with a
+re-tune by bench/kernels.py, which is when the profiles are measured again).
 Grid points that exceed both neighbours along their row by profile_file.SPIKE are left out
 (without_spikes; the model's source names them).
 
@@ -62,6 +75,8 @@ from engine.profile_file import (
     row_shape,
     spikes,
 )
+from kernels.decode_config import decode_walk
+from kvcache.dtypes import get_kv_dtype
 
 
 class Curve:
@@ -135,10 +150,12 @@ class Correction:
     """time = w . features(step), fitted to the random_steps rows, one law a kind of step:
       decode-only: structural, rows x width x block_size (the CUDA graph's padded batch and block
         table: the host packs that many ints, the decode kernel's split count follows from it),
-        longest context (its walk), 1
+        L * walk(w) (the longest sequence's walk; the structural sum takes the larger of it and the
+        batch's bytes, a measured step pays some of both: its program may start late), 1
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
         chunk tokens, decode rows, rows x width x block_size (as for decode-only, with the prefill
-        graph's padding: sequences to a power of two, the table to the longest sequence of the step), 1
+        graph's padding: sequences to a power of two, the table to the longest sequence of the step),
+        the decode rows' L * walk(w), 1
       a step keeping attention scores (H2O, TOVA, SnapKV): the law of its kind with one more
         feature, fitted to the scored_steps rows: decode, + context tokens (the kernel's score pass
         and the score buffer's read-modify-write cover every key a row reads); with prefill (an eager
@@ -151,11 +168,12 @@ class Correction:
 
     MIN_ROWS_PER_FEATURE = 3
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "decode": ("structural", "padded_kv_tokens", "context_max", "constant_s"),
-        "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "constant_s"),
-        "decode_scored": ("structural", "padded_kv_tokens", "context_max", "context_tokens", "constant_s"),
-        "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "causal_pairs",
-                           "constant_s")}
+        "decode": ("structural", "padded_kv_tokens", "longest_walk_s", "constant_s"),
+        "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "longest_walk_s",
+                    "constant_s"),
+        "decode_scored": ("structural", "padded_kv_tokens", "longest_walk_s", "context_tokens", "constant_s"),
+        "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "longest_walk_s",
+                           "causal_pairs", "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
@@ -169,10 +187,11 @@ class Correction:
     def features(model: CalibratedCostModel, s: StepShape, structural: float) -> list[float]:
         b = s.num_decode_seqs
         rows, width = model.graph_table(s)
+        walk = model.layers * model.walk_time(s)
         if s.prefill_chunks:
-            out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size]
+            out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, walk]
             return out + [s.prefill_attn_pairs] * s.scored + [1.0]
-        return [structural, rows * width * model.block_size, s.decode_max_context] + [s.decode_context_tokens] * s.scored + [1.0]
+        return [structural, rows * width * model.block_size, walk] + [s.decode_context_tokens] * s.scored + [1.0]
 
     @staticmethod
     def key(s: StepShape) -> tuple:
@@ -267,9 +286,9 @@ class CalibratedCostModel:
         self.prefill_attn = _surface(t, "prefill_attention", "cached", "tokens")
         self.head = Curve(t["lm_head_sample"]["rows"], t["lm_head_sample"]["time_s"])
         self.attn = _surface(t, "decode_attention", "batch", "context")
-        self.skew = _surface(t, "decode_attention_skew", "batch", "context")
-        if self.attn is None:
-            self.skew = None
+        model = profile.data["model"]
+        self.kernel = (model["num_kv_heads"], model["head_dim"], get_kv_dtype(kv_dtype).bytes_per_element,
+                       roofline.gpu.num_sms)  # what the decode kernel's split count depends on besides rows, width
         memory = profile.data.get("memory", {})
         self.copy_bw = memory.get("copy_bytes_per_s", roofline.bw / 2)  # each byte read and written
         self.host_bw = memory.get("host_to_device_bytes_per_s", roofline.gpu.host_link_bytes_per_s)
@@ -279,6 +298,7 @@ class CalibratedCostModel:
         self.token_buckets, self.seq_buckets = graph.get("token_buckets", ()), graph.get("seq_buckets", ())
         self.block_size = profile.data["block_size"]
         self.buckets, self.min_width = graph.get("batch_buckets", ()), graph.get("min_width_blocks", 1)
+        self.walk = self._fit_walk(t.get("decode_attention_skew")) if self.attn is not None else None
         width = t.get("table_width")
         if width and profile.data.get("settings", {}).get("table_width", {}).get("padded_rows") != TABLE_WIDTH_PADDING:
             width = None  # measured with every row's table padded: host packing that serving does not pay
@@ -286,6 +306,37 @@ class CalibratedCostModel:
         self.decode_width, self.mixed_extra = self._fit_width(width, t["decode_step"])
         self.rows = self._fit_rows(t["decode_step"]) if self.mixed_extra is None else None
         self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"))
+
+    def _fit_walk(self, skew: dict | None) -> Curve | None:
+        """walk(w) above: the skew table's times by the keys its long sequence's program walked (one
+        sequence at `context` among one-block ones, block tables as wide as it: the kernel split it
+        by its own rows and that capacity)."""
+        if not skew or not skew["time_s"]:
+            return None
+        bs = self.block_size
+        walks = [self.kernel_walk(b, -(-c // bs), c) for b, c in zip(skew["batch"], skew["context"])]
+        return Curve(walks, skew["time_s"])
+
+    def kernel_walk(self, rows: int, width: int, longest: int) -> int:
+        """Keys one program of the decode kernel walks for the longest sequence, in a launch of
+        `rows` rows with block tables `width` blocks wide."""
+        hkv, head_dim, kv_bytes, sms = self.kernel
+        return decode_walk(rows, hkv, width * self.block_size, longest, head_dim, kv_bytes, sms)
+
+    def walk_time(self, s: StepShape) -> float:
+        """One layer's walk of the step's longest decode sequence (0 without decode rows or a skew table)."""
+        if not s.num_decode_seqs or self.walk is None:
+            return 0.0
+        return self.walk(self.kernel_walk(*self.decode_launch(s), s.decode_max_context))
+
+    def decode_launch(self, s: StepShape) -> tuple[int, int]:
+        """(rows, block-table width) the decode kernel runs with in this step: a decode step's
+        graph; in a step with prefill, the leading rows of its graph that can hold one-token
+        sequences (engine/runner.py, Shape.decode_rows) and the step's table."""
+        rows, width = self.graph_table(s)
+        if s.prefill_chunks:
+            rows = min(rows, self.graph_tokens(s.num_tokens, len(s.prefill_chunks) + s.num_decode_seqs))
+        return rows, width
 
     def _fit_rows(self, t: dict) -> Curve:
         """rows(B) above, at every batch the decode_step table t measured at its shortest context."""
@@ -309,7 +360,7 @@ class CalibratedCostModel:
         context = min(decode_step["context"])
         for n, b, w, measured in zip(*(table[c] for c in TABLES["table_width"])):
             if n and b:
-                measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b)
+                measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b, (0, 0))
             for col, value in zip(("batch", "width", "time_s"), (b, w, measured)):
                 (mixed if n else decode)[col].append(value)
         surface = lambda rows: Surface(rows, "batch", "width") if rows["time_s"] else None
@@ -326,26 +377,29 @@ class CalibratedCostModel:
     def structural(self, s: StepShape) -> float:
         """The step from the grid tables alone (the sum above), before the fitted correction."""
         b = s.num_decode_seqs
+        launch = self.decode_launch(s)
         if not s.prefill_chunks:
             mean = s.decode_context_tokens / b
-            t = self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context)
+            t = self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context, launch)
             if self.decode_width is not None:  # the table as wide as the longest sequence, not the mean
                 natural = width_bucket(math.ceil(mean / self.block_size), self.min_width)
                 t += max(0.0, self.decode_width(b, self.graph_table(s)[1]) - self.decode_width(b, natural))
             return t
         num_seqs = len(s.prefill_chunks) + b
-        step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs)
+        step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs, launch)
         if not b:
             return step
         return step + (self.mixed_extra(b, self.graph_table(s)[1]) if self.mixed_extra is not None
                        else self.rows(b))
 
-    def _skew(self, b: int, mean: float, longest: int) -> float:
-        """What one layer's decode kernel takes beyond the uniform batch when its longest sequence
-        walks longer than the batch's bytes take (the skew table: that walk, measured)."""
-        if self.skew is None or longest <= mean:
+    def _skew(self, b: int, mean: float, longest: int, launch: tuple[int, int]) -> float:
+        """What one layer's decode kernel takes beyond the uniform batch when its longest sequence's
+        walk (in a launch of (rows, width)) takes longer than the batch's bytes."""
+        if self.walk is None or longest <= mean:
             return 0.0
-        return max(0.0, self.skew(b, longest) - self.attn(b, mean))
+        rows, width = launch
+        return max(0.0, self.walk(self.kernel_walk(rows or b, width or -(-longest // self.block_size), longest))
+                   - self.attn(b, mean))
 
     def graph_table(self, s: StepShape) -> tuple[int, int]:
         """(rows, block-table width in blocks) of the step's CUDA graph (engine/runner.py): a decode
@@ -364,19 +418,21 @@ class CalibratedCostModel:
             return tokens
         return bucket(tokens, self.token_buckets) or tokens
 
-    def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int) -> float:
-        """A step with prefill chunks [(cached, new)] and num_decode rows, without the mixed offset."""
+    def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int,
+                      launch: tuple[int, int]) -> float:
+        """A step with prefill chunks [(cached, new)] and num_decode rows (the decode kernel's launch:
+        (rows, width), (0, 0) for the decode rows' own), without rows(B)."""
         L, prefill, attn = self.layers, self.prefill, self.prefill_attn
         n_total = self.graph_tokens(sum(n for _, n in chunks) + num_decode, num_seqs)
         pairs = sum(n * (n + 1) // 2 for _, n in chunks)
-        one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs (one launch)
-        t = prefill(0, n_total) + L * (attn(0, one_chunk) - attn(0, n_total))
-        for cached, n in chunks:
-            if cached:
-                t += prefill(cached, n) - prefill(0, n)
+        one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs
+        longest = max(max(attn(cached, n) for cached, n in chunks), attn(0, one_chunk))  # one launch, tiles in parallel
+        context = max((prefill(cached, n) - prefill(0, n) - L * (attn(cached, n) - attn(0, n))
+                       for cached, n in chunks if cached), default=0.0)
+        t = prefill(0, n_total) + L * (longest - attn(0, n_total)) + context
         if num_decode:  # the decode kernel over the one-token rows
             mean = decode_tokens / num_decode
-            t += L * (self.attn(num_decode, mean) + self._skew(num_decode, mean, max_context))
+            t += L * (self.attn(num_decode, mean) + self._skew(num_decode, mean, max_context, launch))
         return t + self.head(num_seqs) - self.head(1)
 
 

@@ -155,10 +155,13 @@ class Timer:
         self.cuda, self.warmup, self.reps = device.type == "cuda", warmup, reps
         self.watch = Stopwatch(device)
 
-    def times(self, fn, reps: int | None = None) -> list[float]:
-        """Seconds of each of `reps` calls of fn, back to back."""
+    def times(self, fn, reps: int | None = None, idle_s: float = 0.0) -> list[float]:
+        """Seconds of each of `reps` calls of fn, back to back, or each after the GPU idled idle_s
+        (the host sleeping after the previous call finished, as a serving loop's scheduler does)."""
         times, watch = [], self.watch
         for _ in range(reps or self.reps):
+            if idle_s:
+                time.sleep(idle_s)
             watch.start()
             fn()
             watch.stop()

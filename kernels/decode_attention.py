@@ -267,7 +267,7 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = dc.choose_num_splits(batch, num_kv_heads, context, num_sms, cfg.block_n, cfg.programs_per_sm,
                                           cfg.min_split_tiles)
-    split_len = triton.cdiv(triton.cdiv(context, min(max(num_splits, 1), dc.MAX_SPLITS)), cfg.block_n) * cfg.block_n
+    split_len = dc.split_length(context, num_splits, cfg.block_n)
     num_splits = triton.cdiv(context, split_len)
 
     out = torch.empty_like(q) if out is None else out

@@ -60,8 +60,9 @@ SCORE_PROGRAMS_PER_SM = 8
 SCORE_BLOCK = 256  # slots a step of the score pass (a bench candidate from run 5: 256, 512, 1024)
 
 
-def default_config(head_dim: int, kv_dtype: torch.dtype) -> DecodeConfig:
-    size = 1 if kv_dtype.itemsize == 1 else 2
+def default_config(head_dim: int, kv_dtype: torch.dtype | int) -> DecodeConfig:
+    """The config for this head dim and KV dtype (a torch dtype, or its element size in bytes)."""
+    size = 1 if (kv_dtype if isinstance(kv_dtype, int) else kv_dtype.itemsize) == 1 else 2
     dims = [d for (e, d) in CONFIGS if e == size]
     return CONFIGS[(size, min(dims, key=lambda d: (abs(d - head_dim), d)))]
 
@@ -83,13 +84,29 @@ def choose_num_splits(batch: int, num_kv_heads: int, context_tokens: int, num_sm
     return max(1, min(by_occupancy, by_length, MAX_SPLITS))
 
 
-def decode_num_splits(batch: int, num_kv_heads: int, context_tokens: int, head_dim: int, kv_dtype: torch.dtype,
+def split_length(context_tokens: int, num_splits: int, block_n: int) -> int:
+    """Keys one split covers: the context over the split count, in whole tiles (the launcher's
+    rule; the split count then follows from it, so no split is empty)."""
+    return _cdiv(_cdiv(context_tokens, min(max(num_splits, 1), MAX_SPLITS)), block_n) * block_n
+
+
+def decode_num_splits(batch: int, num_kv_heads: int, context_tokens: int, head_dim: int, kv_dtype: torch.dtype | int,
                       num_sms: int) -> int:
     """The split count paged_decode_attention picks by itself for this shape and default config
     (context_tokens: the longest sequence, or the block table's capacity)."""
     cfg = default_config(head_dim, kv_dtype)
     return choose_num_splits(batch, num_kv_heads, max(1, context_tokens), num_sms, cfg.block_n,
                              cfg.programs_per_sm, cfg.min_split_tiles)
+
+
+def decode_walk(batch: int, num_kv_heads: int, capacity: int, longest: int, head_dim: int, kv_dtype: torch.dtype | int,
+                num_sms: int) -> int:
+    """Keys the longest sequence's longest split walks in one program, in a launch of `batch` rows
+    whose block tables hold `capacity` slots (the split count follows from those, as in the
+    launcher): the serial part of the step, which no other program can take over."""
+    context = max(1, capacity)
+    splits = decode_num_splits(batch, num_kv_heads, context, head_dim, kv_dtype, num_sms)
+    return min(longest, split_length(context, splits, default_config(head_dim, kv_dtype).block_n))
 
 
 def choose_score_chunks(batch: int, num_kv_heads: int, context_tokens: int, num_sms: int) -> int:

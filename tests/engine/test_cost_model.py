@@ -21,6 +21,7 @@ from engine.profile_file import (
     find_profile,
     load_profile,
 )
+from kernels.decode_config import decode_walk
 
 MODEL = PRESETS["smollm2-135m"]
 H100 = get_gpu("h100")
@@ -46,8 +47,16 @@ def decode_attention(b, c):
     return 1e-6 + 1e-11 * b * c
 
 
-def skew(b, c):  # one long sequence among short ones: its own walk
-    return 1e-6 + 1e-10 * c
+def walk_time(keys):  # one program's walk over `keys` keys of one sequence
+    return 1e-6 + 1e-10 * keys
+
+
+def walk(rows, width, longest):  # keys that program walks: the kernel's split of the longest sequence
+    return decode_walk(rows, MODEL.num_kv_heads, width * 16, longest, MODEL.head_dim, 2, H100.num_sms)
+
+
+def skew(b, c):  # one sequence at c among one-block ones, tables as wide as it: its own walk
+    return walk_time(walk(b, -(-c // 16), c))
 
 
 def head(r):
@@ -145,9 +154,13 @@ def test_extrapolation(calibrated):
 def test_each_decode_sequence_counts_not_the_mean(calibrated):
     uniform = calibrated.step_time(decode([512] * 4))
     # the same KV bytes (mean 512) with one long sequence: its own walk (the skew table) bounds the step
+    # (split by the kernel's rule for 4 rows and a 128-block table)
     skewed = calibrated.step_time(decode([1952, 32, 32, 32]))
-    expected = decode_step(4, 512) + MODEL.num_layers * (skew(4, 1952) - decode_attention(4, 512))
+    assert walk(4, 128, 1952) < 1952  # split, but not past the batch's bytes
+    expected = decode_step(4, 512) + MODEL.num_layers * (walk_time(walk(4, 128, 1952)) - decode_attention(4, 512))
     assert skewed == pytest.approx(expected, rel=1e-9) and skewed > uniform
+    # the longest walk is the kernel's split, from the launch's rows: more rows, fewer splits, a longer walk
+    assert walk(32, 128, 1952) > walk(4, 128, 1952)
     # when the batch's bytes dominate, the longest sequence adds nothing: the sum decides
     wide = [2048] + [2000] * 31
     assert calibrated.step_time(decode(wide)) == pytest.approx(decode_step(32, sum(wide) / 32), rel=1e-9)
@@ -155,15 +168,27 @@ def test_each_decode_sequence_counts_not_the_mean(calibrated):
 
 def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monkeypatch):
     layers = MODEL.num_layers
-    # two chunks: the linear part of all their tokens, one attention launch over their causal pairs
-    # (64 + 64 tokens: 2080 * 2 pairs, as one chunk of 90.72 tokens), the context the second reads
+    # two chunks: the linear part of all their tokens and one attention launch whose query tiles run
+    # in parallel: it takes the longest chunk's attention (the one reading 1024 cached keys), plus
+    # what that cached context adds to a measured step beyond its attention
     two = calibrated.step_time(prefill([(0, 64), (1024, 64)]))
-    n_eq = ((8 * 2 * 2080 + 1) ** 0.5 - 1) / 2
-    attn_eq = prefill_attention(64, 0) + (n_eq - 64) / 64 * (prefill_attention(128, 0) - prefill_attention(64, 0))
-    context = prefill_step(64, 1024) - prefill_step(64, 0)
-    assert two == pytest.approx(prefill_step(128, 0) + layers * (attn_eq - prefill_attention(128, 0)) + context
-                                + head(2) - head(1), rel=1e-9)
-    assert two < prefill_step(128, 0) + context + head(2) - head(1)  # fewer pairs than one chunk of 128
+    extra = prefill_step(64, 1024) - prefill_step(64, 0) - layers * (prefill_attention(64, 1024) - prefill_attention(64, 0))
+    assert two == pytest.approx(prefill_step(128, 0) + layers * (prefill_attention(64, 1024) - prefill_attention(128, 0))
+                                + extra + head(2) - head(1), rel=1e-9)
+    # where the causal work dominates (no cached context): one chunk with all their causal pairs
+    # (128 + 128 tokens: 8256 * 2 pairs, as one chunk of 181.2 tokens), fewer pairs than one chunk of 256
+    n_eq = ((8 * 2 * 8256 + 1) ** 0.5 - 1) / 2
+    attn_eq = prefill_attention(128, 0) + (n_eq - 128) / 128 * (prefill_attention(256, 0) - prefill_attention(128, 0))
+    fresh = calibrated.step_time(prefill([(0, 128), (0, 128)]))
+    assert fresh == pytest.approx(prefill_step(256, 0) + layers * (attn_eq - prefill_attention(256, 0)) + head(2) - head(1),
+                                  rel=1e-9)
+    assert fresh < prefill_step(256, 0) + head(2) - head(1)
+    # chunks with context are not summed: two chunks each reading 4096 keys cost one's extra
+    both = calibrated.step_time(prefill([(4096, 64), (4096, 64)]))
+    assert both == pytest.approx(prefill_step(128, 0) + layers * (prefill_attention(64, 4096) - prefill_attention(128, 0))
+                                 + prefill_step(64, 4096) - prefill_step(64, 0)
+                                 - layers * (prefill_attention(64, 4096) - prefill_attention(64, 0)) + head(2) - head(1),
+                                 rel=1e-9)
     # decode rows in a mixed step run in the decode kernel: its per-layer time joins the sum, with what
     # the rows add to a decode step beyond attention and the head (the decode_step table at 128 tokens)
     mixed = [prefill([(s, n)], [c] * b) for n, s, b, c in MIXED]
@@ -179,10 +204,14 @@ def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monke
     fitted = with_mixed(tmp_path, monkeypatch, [t + extra for t, extra in zip(sums, [5e-4, 1e-4, 2e-4])])
     assert [fitted.step_time(shape) for shape in mixed] == pytest.approx(sums, rel=1e-12)
     assert fitted.step_time(prefill([(0, 64), (1024, 64)])) == pytest.approx(two, rel=1e-12)  # no decode rows
-    # one long decode row among short ones: its own walk (the skew table) bounds the rows' attention
-    few = [calibrated.step_time(prefill([(0, 256)], [c] * 3 + [4000])) for c in (100, 200)]
-    assert few[0] == pytest.approx(few[1], rel=1e-12)
-    assert few[0] > calibrated.step_time(prefill([(0, 256)], [1075] * 4))
+    # one long decode row among short ones: with 100 rows the kernel does not split (the rows fill
+    # the GPU), so the long row's walk of 4000 keys bounds the rows' attention, whatever the others
+    few = [calibrated.step_time(prefill([(0, 256)], [c] * 99 + [4000])) for c in (100, 200)]
+    assert walk(100, 256, 4000) == 4000 and few[0] == pytest.approx(few[1], rel=1e-12)
+    assert few[0] > calibrated.step_time(prefill([(0, 256)], [139] * 100))
+    # with 4 rows it splits the long row in 16: the batch's bytes decide again
+    split = [calibrated.step_time(prefill([(0, 256)], [c] * 3 + [4000])) for c in (100, 200)]
+    assert walk(5, 256, 4000) == 256 and split[0] < split[1]
 
 
 def test_table_width_prices_a_wide_table_and_the_mixed_steps_rows(calibrated, tmp_path, monkeypatch):
@@ -349,7 +378,7 @@ def test_random_steps_fit_recovers_a_linear_law(tmp_path, monkeypatch):
     monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, data)))
     structural = cost_model_for(MODEL, H100, "fp16")  # no random_steps: the structural sum, unchanged
     assert structural.correction.weights == {}
-    fit_shapes = random_shapes(seed=1, count=40)
+    fit_shapes = random_shapes(seed=1, count=48)
     rows = [(*step_row(s, 16, GRAPH["batch_buckets"], 16), law(structural, s)) for s in fit_shapes]
     data["kv_dtypes"]["fp16"]["tables"]["random_steps"] = dict(zip(TABLES["random_steps"], map(list, zip(*rows))))
     fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="fitted.json"))
@@ -373,7 +402,7 @@ def test_a_correction_that_fits_noise_is_not_used(tmp_path, monkeypatch):
     data["settings"] = {"graph": GRAPH}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
     rng = np.random.default_rng(3)
-    shapes = random_shapes(seed=1, count=40)
+    shapes = random_shapes(seed=1, count=48)
     times = [structural.structural(s) * (rng.choice([2.0, 5.0]) if rng.random() < 0.3 else 1 + rng.uniform(-0.02, 0.02))
              for s in shapes]
     rows = [(*step_row(s, 16, GRAPH["batch_buckets"], 16), t) for s, t in zip(shapes, times)]
@@ -430,9 +459,9 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     table = lambda shapes, fn: dict(zip(TABLES["random_steps"], map(list, zip(
         *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
     tables = data["kv_dtypes"]["fp16"]["tables"]
-    tables["random_steps"] = table(random_shapes(seed=1, count=40), law)
+    tables["random_steps"] = table(random_shapes(seed=1, count=48), law)
     unscored_only = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="a.json"))
-    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=50)], scored_law)
+    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=56)], scored_law)
     fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="b.json"))
     assert set(fitted.correction.weights) == {"decode", "prefill", "decode_scored", "prefill_scored"}
     new = random_shapes(seed=2, count=40)
