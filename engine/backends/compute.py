@@ -20,7 +20,7 @@ from engine.loader import LoadedModel
 from engine.runner import ModelRunner, StepInput
 from kvcache.copy_exec import apply_copies
 from kvcache.kv_store import PagedKVStore
-from kvcache.policies import EvictionPolicy, select_evictions
+from kvcache.policies import EvictionPolicy, SlotState, select_evictions
 from kvcache.policies.rules import max_pool
 from kvcache.swap import HostSwapPool
 
@@ -145,6 +145,8 @@ class ComputeBackend(AnalyticBackend):
 
     def select_evictions(self, seq_id: int, kv, n: int) -> list[int]:
         policy = self.policy_of(seq_id)
+        if not policy.needs:  # a positional rule (StreamingLLM, window): the slots' positions are all it reads
+            return select_evictions(policy, SlotState(np.asarray(kv.slot_positions(seq_id), dtype=np.int64)), n).tolist()
         scores = self.scores.setdefault(seq_id, SlotScores())
         scores.sync(kv.slot_positions(seq_id))
         return select_evictions(policy, scores.state(), n).tolist()

@@ -24,11 +24,15 @@ class SlotScores:
         Returns the indices of those new slots."""
         positions = np.asarray(positions, dtype=np.int64)
         n, old = len(positions), len(self.positions)
-        for name, arr in self.arrays.items():
-            self.arrays[name] = np.concatenate([arr[:n], np.zeros(max(n - old, 0))])
-        fresh = np.flatnonzero(positions != np.concatenate([self.positions[:n], np.full(max(n - old, 0), -2)]))
-        for arr in self.arrays.values():
-            arr[fresh] = 0.0
+        if n == old:  # the common step: a token refilled a hole, or nothing changed
+            fresh = np.flatnonzero(positions != self.positions)
+        else:
+            for name, arr in self.arrays.items():
+                self.arrays[name] = np.concatenate([arr[:n], np.zeros(max(n - old, 0))])
+            fresh = np.flatnonzero(positions != np.concatenate([self.positions[:n], np.full(max(n - old, 0), -2)]))
+        if len(fresh):
+            for arr in self.arrays.values():
+                arr[fresh] = 0.0
         self.positions = positions
         return fresh
 
