@@ -426,7 +426,9 @@ class CalibratedCostModel:
         n_total = self.graph_tokens(sum(n for _, n in chunks) + num_decode, num_seqs)
         pairs = sum(n * (n + 1) // 2 for _, n in chunks)
         one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs
-        longest = max(max(attn(cached, n) for cached, n in chunks), attn(0, one_chunk))  # one launch, tiles in parallel
+        longest = max(attn(cached, n) for cached, n in chunks)  # one launch, tiles in parallel
+        if len(chunks) > 1:  # (one chunk alone: exactly its measured step, whatever the tables' noise)
+            longest = max(longest, attn(0, one_chunk))
         context = max((prefill(cached, n) - prefill(0, n) - L * (attn(cached, n) - attn(0, n))
                        for cached, n in chunks if cached), default=0.0)
         t = prefill(0, n_total) + L * (longest - attn(0, n_total)) + context
