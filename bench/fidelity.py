@@ -15,7 +15,10 @@ the trace's steps are neither (a step equal to a grid point or a fitted composit
 and left out), so no scored composition was fitted to. End to end: output
 throughput, TTFT p50/p99 and TPOT p50/p99 of the analytic run against the compute run. Writes
 fidelity_<gpu>.json to $OUT (else bench/results/) after every configuration, and every compute
-step (composition, measured seconds) to fidelity_steps_<gpu>.json beside it.
+step (composition, measured seconds) to fidelity_steps_<gpu>.json beside it. With --replay, some
+of the run's steps are timed again standalone (back to back, and after the GPU idled as long as it
+did before them in the run: the host's scheduling and eviction time, recorded per step), which
+separates the cost model's own error from the serving loop's effect on a step.
 
 --rescore FILE replays the analytic side again on this machine (it needs no GPU) with the cost
 model as it is now, against the compute run recorded in FILE and its steps file: how a change to
@@ -416,6 +419,11 @@ def main() -> None:
         args.max_prompt, args.max_output = args.max_prompt or 40, args.max_output or 3
         args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
     if args.profile:
+        from engine.profile_file import load_profile
+
+        named = load_profile(Path(args.profile))
+        if named.gpu != gpu:  # the cost model looks a profile up by GPU: this one would be passed over
+            parser.error(f"--profile {args.profile} is a {named.gpu} profile; this GPU is {gpu}")
         os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
     trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work, args.offset)
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
