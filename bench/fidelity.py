@@ -55,10 +55,13 @@ class StepRecorder:
     pay for: Triton compiles of the eager steps (the backend itself captures each CUDA graph before
     the step that needs it is timed)."""
 
-    def __init__(self, eager_sizes: tuple):
+    def __init__(self, eager_sizes: tuple, keep_every: int = 0):
+        """keep_every: every that many steps, keep the step's own inputs (block tables included) for
+        the in-place replay; 0 keeps none."""
         self.records: list[tuple] = []
         self.gaps: list[float] = []
-        self.eager_sizes = eager_sizes
+        self.kept: dict[int, tuple] = {}  # step index -> (inputs, keeps scores, score windows)
+        self.eager_sizes, self.keep_every = eager_sizes, keep_every
 
     def attach(self, sim) -> None:
         backend = self.backend = sim.backend
@@ -77,6 +80,17 @@ class StepRecorder:
             return result
 
         backend.execute = recorded
+        if self.keep_every:
+            run = backend.runner.run
+
+            def kept(batch, score_out=None, score_windows=None):
+                if len(self.records) % self.keep_every == 0:  # the step being executed: records has the ones before it
+                    copies = [dataclasses.replace(x, token_ids=list(x.token_ids), slots=list(x.slots),
+                                                  block_table=list(x.block_table)) for x in batch]
+                    self.kept[len(self.records)] = (copies, score_out is not None, score_windows)
+                return run(batch, score_out, score_windows)
+
+            backend.runner.run = kept
 
 
 def replay_inputs(shape) -> tuple[list[int], list[int]]:
@@ -133,6 +147,33 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
                      "model_vs_standalone": {"abs_median": float(np.median(abs(model))),
                                              "abs_p95": float(np.percentile(abs(model), 95)),
                                              "signed_median": float(np.median(model))}}
+    return out
+
+
+def replay_in_place(records, kept: dict, backend, reps: int) -> dict:
+    """Diagnostic: the kept steps timed again on the run's own store and block tables (the blocks
+    the run gave them, scattered over the pool after evictions and refills), back to back as the
+    profile times its steps, sampling included as in the run. Against the standalone replay (blocks
+    in order), this says whether the step's own tables or the serving loop around it make the
+    in-run difference."""
+    from engine.generate import sample
+    from engine.profile import Timer
+
+    runner, timer, rows = backend.runner, Timer(backend.device, warmup=2, reps=reps), []
+    for index, (batch, scored, windows) in sorted(kept.items()):
+        shape, in_situ = records[index]
+        score_out = runner.score_buffers(batch) if scored else None
+        runner.prepare_graph(batch, score_out, windows)
+        step = lambda: sample(runner.run(batch, score_out, windows), backend.sampling, backend.generator)
+        step(), step()
+        rows.append((step_kind(shape), in_situ / float(np.median(timer.times(step))) - 1))
+    out = {"steps": len(rows), "reps": reps}
+    for kind in ("all", "decode", "mixed"):
+        r = np.array([e for k, e in rows if kind in ("all", k)])
+        if len(r):
+            out[kind] = {"steps": len(r), "in_run_vs_in_place": {"median": float(np.median(r)),
+                                                                 "p10": float(np.percentile(r, 10)),
+                                                                 "p90": float(np.percentile(r, 90))}}
     return out
 
 
@@ -250,7 +291,8 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     """The compute run of one configuration, then its scoring -> (result row, step records)."""
     from kvsim.simulate import run_point
 
-    recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)))
+    recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)),
+                            keep_every=max(1, args.in_place) if args.in_place else 0)
     start = time.perf_counter()
     compute = run_point(make_point(args, kv, policy, trace, gpu, "compute"), on_build=recorder.attach)
     batch = compute.steps.batch_size
@@ -263,6 +305,8 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     if args.replay:
         row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
                                3 if args.smoke else 5, recorder.gaps)
+    if recorder.kept:
+        row["replay_in_place"] = replay_in_place(recorder.records, recorder.kept, recorder.backend, 3 if args.smoke else 5)
     return row, recorder.records
 
 
@@ -367,6 +411,11 @@ def print_row(r: dict) -> None:
                   f"(p10 {100 * situ['p10']:+5.1f}%, p90 {100 * situ['p90']:+5.1f}%); rep spread p95 "
                   f"{100 * k['rep_spread_abs_p95']:4.1f}%; model vs standalone |err| median {100 * model['abs_median']:4.1f}% "
                   f"p95 {100 * model['abs_p95']:4.1f}%")
+            place = r.get("replay_in_place", {}).get(kind)
+            if place:
+                p = place["in_run_vs_in_place"]
+                print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
+                      f"median {100 * p['median']:+5.1f}% (p10 {100 * p['p10']:+5.1f}%, p90 {100 * p['p90']:+5.1f}%)")
             idle = k.get("in_run_vs_standalone_after_idle")
             if idle:
                 print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
@@ -394,6 +443,8 @@ def main() -> None:
                              "device the real weights cannot reach)")
     parser.add_argument("--replay", type=int, default=60,
                         help="steps of each run timed again standalone (diagnostic: rep spread, in-run vs standalone); 0: none")
+    parser.add_argument("--in-place", type=int, default=25,
+                        help="every this many steps, time the step again on the run's own tables (diagnostic); 0: none")
     parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
     parser.add_argument("--rescore", default=None, help="a fidelity JSON: replay its analytic side again (CPU)")
     args = parser.parse_args()
@@ -413,7 +464,7 @@ def main() -> None:
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else work if args.smoke else RESULTS
     if args.smoke:
         args.requests, args.rate_scale, args.kv_mem_gib, args.max_num_seqs = 8, 1000.0, 0.05, 8
-        args.random_weights, args.replay = True, min(args.replay, 3)
+        args.random_weights, args.replay, args.in_place = True, min(args.replay, 3), min(args.in_place, 2)
         if args.kv_dtypes == "fp16,int8":  # fp16 matmuls crawl on a CPU
             args.kv_dtypes = "fp32,int8"
         args.max_prompt, args.max_output = args.max_prompt or 40, args.max_output or 3

@@ -45,3 +45,32 @@ def test_recorded_steps_read_back_old_and_new_rows():
     del old[-2]  # the row as written before: prefill_chunks, then the time
     (back, _), = fidelity.records_from_json([old])
     assert back == dataclasses.replace(shape, scored=False)
+
+
+def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monkeypatch):
+    """The in-place replay times kept steps on their own block tables: the recorder must keep the
+    inputs of steps 0, n, 2n... as they were (the engine reuses its lists), and one gap per step."""
+    from types import SimpleNamespace
+
+    from engine.backends.analytic import StepResult
+    from engine.runner import StepInput
+
+    monkeypatch.setattr(fidelity, "warm_eager_steps", lambda *a: None)
+    table = [5, 9]
+
+    def run(batch, score_out=None, score_windows=None):
+        return "logits"
+
+    def execute(scheduled, kv, swap_bytes=0):
+        backend.runner.run([StepInput([1], 40, [7], table, 41)])
+        table.append(len(table))  # the live table grows after the step, as a sequence's does
+        return StepResult(1e-3)
+
+    backend = SimpleNamespace(runner=SimpleNamespace(run=run), execute=execute, shape=lambda *a: "shape")
+    recorder = fidelity.StepRecorder((), keep_every=3)
+    recorder.attach(SimpleNamespace(backend=backend))
+    for _ in range(7):
+        backend.execute([], None)
+    assert sorted(recorder.kept) == [0, 3, 6] and len(recorder.records) == len(recorder.gaps) == 7
+    assert [recorder.kept[i][0][0].block_table for i in (0, 3, 6)] == [[5, 9], [5, 9, 2, 3, 4], [5, 9, 2, 3, 4, 5, 6, 7]]
+    assert recorder.gaps[0] == 0.0 and all(g >= 0 for g in recorder.gaps)
