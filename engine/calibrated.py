@@ -329,6 +329,13 @@ class CalibratedCostModel:
             return 0.0
         return self.walk(self.kernel_walk(*self.decode_launch(s), s.decode_max_context))
 
+    def _skew(self, b: int, mean: float, longest: int, launch: tuple[int, int]) -> float:
+        """What one layer's decode kernel takes beyond the uniform batch when its longest sequence's
+        walk (in a launch of (rows, width)) takes longer than the batch's bytes."""
+        if self.walk is None or longest <= mean:
+            return 0.0
+        return max(0.0, self.walk(self.kernel_walk(*launch, longest)) - self.attn(b, mean))
+
     def decode_launch(self, s: StepShape) -> tuple[int, int]:
         """(rows, block-table width) the decode kernel runs with in this step: a decode step's
         graph; in a step with prefill, the leading rows of its graph that can hold one-token
@@ -360,7 +367,7 @@ class CalibratedCostModel:
         context = min(decode_step["context"])
         for n, b, w, measured in zip(*(table[c] for c in TABLES["table_width"])):
             if n and b:
-                measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b, (0, 0))
+                measured -= self._with_prefill(((0, n),), b, b * context, context, 1 + b, (b, w))  # uniform rows: no walk
             for col, value in zip(("batch", "width", "time_s"), (b, w, measured)):
                 (mixed if n else decode)[col].append(value)
         surface = lambda rows: Surface(rows, "batch", "width") if rows["time_s"] else None
@@ -392,15 +399,6 @@ class CalibratedCostModel:
         return step + (self.mixed_extra(b, self.graph_table(s)[1]) if self.mixed_extra is not None
                        else self.rows(b))
 
-    def _skew(self, b: int, mean: float, longest: int, launch: tuple[int, int]) -> float:
-        """What one layer's decode kernel takes beyond the uniform batch when its longest sequence's
-        walk (in a launch of (rows, width)) takes longer than the batch's bytes."""
-        if self.walk is None or longest <= mean:
-            return 0.0
-        rows, width = launch
-        return max(0.0, self.walk(self.kernel_walk(rows or b, width or -(-longest // self.block_size), longest))
-                   - self.attn(b, mean))
-
     def graph_table(self, s: StepShape) -> tuple[int, int]:
         """(rows, block-table width in blocks) of the step's CUDA graph (engine/runner.py): a decode
         step's batch to its bucket; a step with prefill, its sequences to a power of two; the table
@@ -420,8 +418,8 @@ class CalibratedCostModel:
 
     def _with_prefill(self, chunks, num_decode: int, decode_tokens: int, max_context: int, num_seqs: int,
                       launch: tuple[int, int]) -> float:
-        """A step with prefill chunks [(cached, new)] and num_decode rows (the decode kernel's launch:
-        (rows, width), (0, 0) for the decode rows' own), without rows(B)."""
+        """A step with prefill chunks [(cached, new)] and num_decode rows (launched in the decode kernel
+        as (rows, width)), without rows(B)."""
         L, prefill, attn = self.layers, self.prefill, self.prefill_attn
         n_total = self.graph_tokens(sum(n for _, n in chunks) + num_decode, num_seqs)
         pairs = sum(n * (n + 1) // 2 for _, n in chunks)
