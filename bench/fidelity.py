@@ -24,12 +24,15 @@ separates the cost model's own error from the serving loop's effect on a step.
 model as it is now, against the compute run recorded in FILE and its steps file: how a change to
 the cost model moves the errors, without a GPU. Its output says it is a rescore. --offset picks
 the slice of the trace (rows offset .. offset + requests): a cost model designed while looking at
-one slice's steps is scored on another.
+one slice's steps is scored on another. --sensitivity D adds analytic runs with every step
+(1 - D) and (1 + D) times as long: how much each end-to-end metric moves for a uniform step error
+of D (near saturation, TTFT moves several times more than the steps).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -325,6 +328,11 @@ def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, rec
 
     analytic = run_point(make_point(args, kv, policy, trace, gpu, "analytic"))
     cost = analytic_cost(args, gpu, kv)
+    sensitivity = {}
+    for factor in (1 - args.sensitivity, 1 + args.sensitivity) if args.sensitivity else ():
+        with scaled_steps(factor):
+            moved = run_point(make_point(args, kv, policy, trace, gpu, "analytic")).summary
+        sensitivity[f"{factor:g}"] = {k: moved[k] / analytic.summary[k] - 1 for k in E2E}
     compute = measured["summary"]
     e2e = {k: {"compute": compute[k], "analytic": analytic.summary[k],
                "rel_error": analytic.summary[k] / compute[k] - 1} for k in E2E}
@@ -336,7 +344,24 @@ def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, rec
             "preemptions": {"compute": compute["preemptions"], "analytic": analytic.summary["preemptions"]},
             "batch_size_median": measured["batch_size_median"], "batch_size_max": measured["batch_size_max"],
             "step_error": step_errors(records, cost), "e2e": e2e, "measured": measured,
+            **({"e2e_sensitivity": sensitivity} if sensitivity else {}),
             "wall_s": {"compute": measured["wall_s"], "analytic": analytic.summary["wall_time_s"]}}
+
+
+@contextlib.contextmanager
+def scaled_steps(factor: float):
+    """Every analytic step takes `factor` times its cost model's time (for --sensitivity)."""
+    from engine.calibrated import CalibratedCostModel
+    from engine.cost_model import CostModel
+
+    saved = {cls: cls.step_time for cls in (CalibratedCostModel, CostModel)}
+    for cls, step_time in saved.items():
+        cls.step_time = lambda self, s, _f=step_time: factor * _f(self, s)
+    try:
+        yield
+    finally:
+        for cls, step_time in saved.items():
+            cls.step_time = step_time
 
 
 def records_json(records) -> list:
@@ -401,6 +426,8 @@ def print_row(r: dict) -> None:
             print(f"      {kind:8s} {k['steps']:5d} steps: |err| median {100 * k['abs_median']:5.1f}%, "
                   f"p95 {100 * k['abs_p95']:5.1f}%, signed median {100 * k['signed_median']:+5.1f}%")
     print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
+    for factor, moved in r.get("e2e_sensitivity", {}).items():
+        print(f"      every step x{factor}: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in moved.items()))
     gap = r["measured"].get("host_gap_ms")
     if gap:
         print(f"      host time between steps (GPU idle): median {gap['median']:.2f} ms, p90 {gap['p90']:.2f} ms")
@@ -447,6 +474,9 @@ def main() -> None:
                         help="every this many steps, time the step again on the run's own tables (diagnostic); 0: none")
     parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
     parser.add_argument("--rescore", default=None, help="a fidelity JSON: replay its analytic side again (CPU)")
+    parser.add_argument("--sensitivity", type=float, default=0.0,
+                        help="also run the analytic side with every step (1 -/+ this) times as long: how much each "
+                             "end-to-end metric moves for a uniform step error (e.g. 0.03)")
     args = parser.parse_args()
     if args.rescore:
         if args.profile:
