@@ -19,10 +19,11 @@ decreasing), and below the first it goes down to 0 at most.
       Lin(N') + L * A + max_j R(s_j, n_j) + L * attention(B, c, m) + head(S) - head(1) + rows(B)
     N' is N padded as the step's CUDA graph pads it (the profile's token buckets);
     Lin(N) = prefill_step(N, 0) - L * prefill_attention(N, 0) is a step without its attention;
-    A = max(prefill_attention(n_eq, 0), max_j prefill_attention(n_j, s_j)): one launch covers all
-    chunks, its query tiles in parallel (fewer programs than SMs for a small model), so it takes
-    the longest chunk's time (a tile's walk over its cached context and causal keys) or, when the
-    causal work dominates, that of n_eq, the one chunk with as many causal pairs as all of them;
+    A = max(max_j prefill_attention(n_j, s_j), P * t_pair): one launch covers all chunks, its
+    query tiles in parallel (fewer programs than SMs for a small model), so it takes the longest
+    chunk's time (a tile's walk over its cached context and causal keys) or, when the causal work
+    dominates, the chunks' P causal pairs at t_pair, the time per pair of the longest uncached
+    chunk measured (the most parallel launch of the table);
     R(s, n) = prefill_step(n, s) - prefill_step(n, 0) - L * (prefill_attention(n, s) -
     prefill_attention(n, 0)): what a chunk's cached context adds to a measured step beyond its
     attention (the wider table's work), also the longest chunk's, not a sum. One chunk alone is
@@ -284,6 +285,8 @@ class CalibratedCostModel:
         self.decode = _surface(t, "decode_step", "batch", "context")
         self.prefill = _surface(t, "prefill_step", "cached", "tokens")
         self.prefill_attn = _surface(t, "prefill_attention", "cached", "tokens")
+        top = max(n for n, c in zip(t["prefill_attention"]["tokens"], t["prefill_attention"]["cached"]) if c == 0)
+        self.pair_s = self.prefill_attn(0, top) / (top * (top + 1) / 2)  # t_pair above
         self.head = Curve(t["lm_head_sample"]["rows"], t["lm_head_sample"]["time_s"])
         self.attn = _surface(t, "decode_attention", "batch", "context")
         model = profile.data["model"]
@@ -422,11 +425,9 @@ class CalibratedCostModel:
         as (rows, width)), without rows(B)."""
         L, prefill, attn = self.layers, self.prefill, self.prefill_attn
         n_total = self.graph_tokens(sum(n for _, n in chunks) + num_decode, num_seqs)
-        pairs = sum(n * (n + 1) // 2 for _, n in chunks)
-        one_chunk = (math.sqrt(8 * pairs + 1) - 1) / 2  # a chunk with the chunks' causal pairs
         longest = max(attn(cached, n) for cached, n in chunks)  # one launch, tiles in parallel
         if len(chunks) > 1:  # (one chunk alone: exactly its measured step, whatever the tables' noise)
-            longest = max(longest, attn(0, one_chunk))
+            longest = max(longest, sum(n * (n + 1) // 2 for _, n in chunks) * self.pair_s)
         context = max((prefill(cached, n) - prefill(0, n) - L * (attn(cached, n) - attn(0, n))
                        for cached, n in chunks if cached), default=0.0)
         t = prefill(0, n_total) + L * (longest - attn(0, n_total)) + context

@@ -175,14 +175,19 @@ def test_chunks_and_mixed_steps_are_a_calibrated_sum(calibrated, tmp_path, monke
     extra = prefill_step(64, 1024) - prefill_step(64, 0) - layers * (prefill_attention(64, 1024) - prefill_attention(64, 0))
     assert two == pytest.approx(prefill_step(128, 0) + layers * (prefill_attention(64, 1024) - prefill_attention(128, 0))
                                 + extra + head(2) - head(1), rel=1e-9)
-    # where the causal work dominates (no cached context): one chunk with all their causal pairs
-    # (128 + 128 tokens: 8256 * 2 pairs, as one chunk of 181.2 tokens), fewer pairs than one chunk of 256
-    n_eq = ((8 * 2 * 8256 + 1) ** 0.5 - 1) / 2
-    attn_eq = prefill_attention(128, 0) + (n_eq - 128) / 128 * (prefill_attention(256, 0) - prefill_attention(128, 0))
-    fresh = calibrated.step_time(prefill([(0, 128), (0, 128)]))
-    assert fresh == pytest.approx(prefill_step(256, 0) + layers * (attn_eq - prefill_attention(256, 0)) + head(2) - head(1),
-                                  rel=1e-9)
-    assert fresh < prefill_step(256, 0) + head(2) - head(1)
+    # no cached context: the longest chunk's attention, or the chunks' causal pairs at the time per pair
+    # of the most parallel launch measured (the longest uncached chunk, 1024 tokens), whichever is longer
+    pair_s = prefill_attention(1024, 0) / (1024 * 1025 / 2)
+    assert calibrated.pair_s == pytest.approx(pair_s, rel=1e-12)
+    fresh = prefill([(0, 128), (0, 128)])
+    pairs = 2 * 128 * 129 // 2
+    assert pairs * pair_s < prefill_attention(128, 0)  # the launch overhead of the longest chunk dominates here
+    assert calibrated.step_time(fresh) == pytest.approx(
+        prefill_step(256, 0) + layers * (prefill_attention(128, 0) - prefill_attention(256, 0)) + head(2) - head(1), rel=1e-9)
+    calibrated.pair_s = 1e-9  # a slower causal rate: the pairs bound the launch
+    assert calibrated.step_time(fresh) == pytest.approx(
+        prefill_step(256, 0) + layers * (pairs * 1e-9 - prefill_attention(256, 0)) + head(2) - head(1), rel=1e-9)
+    calibrated.pair_s = pair_s
     # chunks with context are not summed: two chunks each reading 4096 keys cost one's extra
     both = calibrated.step_time(prefill([(4096, 64), (4096, 64)]))
     assert both == pytest.approx(prefill_step(128, 0) + layers * (prefill_attention(64, 4096) - prefill_attention(128, 0))
