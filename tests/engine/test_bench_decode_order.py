@@ -1,0 +1,26 @@
+"""bench/decode_order.py on the CPU: the same lengths with the long sequence moved, every place
+timed, and the JSON it writes. A smoke test of the script, not a timing."""
+
+from __future__ import annotations
+
+import json
+
+from bench import decode_order
+
+
+def test_placed_moves_only_the_long_sequence():
+    seq_lens = decode_order.contexts(6, 640, 40, seed=3)
+    assert seq_lens[0] == 640 and len(seq_lens) == 6 and max(seq_lens[1:]) < 640
+    for where, at in (("first", 0), ("middle", 2), ("last", 5)):
+        moved = decode_order.placed(seq_lens, where)
+        assert moved.index(640) == at and sorted(moved) == sorted(seq_lens)
+
+
+def test_smoke_run_writes_a_row_per_batch(tmp_path):
+    out = tmp_path / "order.json"
+    decode_order.main(["--device", "cpu", "--batches", "2,3", "--long", "48", "--short", "16", "--reps", "1",
+                       "--kv-dtype", "fp32", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "decode_order" and [r["rows"] for r in result["rows"]] == [2, 3]
+    for r in result["rows"]:
+        assert all(r[f"{p}_s"] > 0 for p in decode_order.PLACES) and r["model_s"] > 0
