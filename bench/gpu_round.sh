@@ -3,26 +3,35 @@
 # if the call is cut short (each step writes its JSON and log as it goes):
 #   1. bench/kernels.py            decode kernels vs peers, INT8 modes checked and tuned (issue 4)
 #   2. kvsim profile smollm2-135m  the calibrated profile of this GPU (issue 8)
-#   3. bench/fidelity.py           analytic vs compute on held-out trace rows 500-1000, with replay
+#   3. bench/fidelity.py           analytic vs compute on held-out trace rows (FIDELITY_OFFSET, default 1500: rows
+#                                  500-1000 and 1000-1500 were scored before), with its replays
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
+#   5. bench/decode_order.py       where the long sequence sits in a decode batch (only with DECODE_ORDER_S > 0)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
-# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S (defaults below, ~10 minutes
-# in all; STEP_OVERHEAD_S=0 skips part 4, which keeps $OUT within the device tool's 8 files).
+# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S, DECODE_ORDER_S (defaults below,
+# ~10 minutes in all; KERNELS_S=0 skips part 1, STEP_OVERHEAD_S=0 part 4, which keeps $OUT within the device tool's 8 files; part 5
+# runs only when DECODE_ORDER_S is set, e.g. with KERNELS_S=0 STEP_OVERHEAD_S=0).
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name --format=csv,noheader
 G=$(python3 -c "import torch; from engine.gpus import get_gpu; print(get_gpu(torch.cuda.get_device_name()).name)")
 echo "gpu preset: $G"
-timeout "${KERNELS_S:-150}" python3 bench/kernels.py --budget-s $(( ${KERNELS_S:-150} - 20 )) > "$OUT/kernels_$G.log" 2>&1
-tail -45 "$OUT/kernels_$G.log"
+if [ "${KERNELS_S:-150}" -gt 0 ]; then
+    timeout "${KERNELS_S:-150}" python3 bench/kernels.py --budget-s $(( ${KERNELS_S:-150} - 20 )) > "$OUT/kernels_$G.log" 2>&1
+    tail -45 "$OUT/kernels_$G.log"
+fi
 python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-130}" \
     --out "$OUT/smollm2-135m_$G.json" > "$OUT/profile_$G.log" 2>&1
 tail -16 "$OUT/profile_$G.log"
-timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset 500 \
+timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset "${FIDELITY_OFFSET:-1500}" \
     --profile "$OUT/smollm2-135m_$G.json" --budget-s "${FIDELITY_S:-200}" > "$OUT/fidelity_$G.log" 2>&1
 grep -v "fit rows" "$OUT/fidelity_$G.log" | tail -40
-[ "${STEP_OVERHEAD_S:-100}" -gt 0 ] || exit 0
-timeout "${STEP_OVERHEAD_S:-100}" python3 -m bench.step_overhead --out "$OUT/step_overhead_$G.json" \
-    > "$OUT/step_overhead_$G.log" 2>&1
-tail -24 "$OUT/step_overhead_$G.log"
+if [ "${STEP_OVERHEAD_S:-100}" -gt 0 ]; then
+    timeout "${STEP_OVERHEAD_S:-100}" python3 -m bench.step_overhead --out "$OUT/step_overhead_$G.json" \
+        > "$OUT/step_overhead_$G.log" 2>&1
+    tail -24 "$OUT/step_overhead_$G.log"
+fi
+[ "${DECODE_ORDER_S:-0}" -gt 0 ] || exit 0
+timeout "${DECODE_ORDER_S}" python3 -m bench.decode_order --out "$OUT/decode_order_$G.json" > "$OUT/decode_order_$G.log" 2>&1
+tail -10 "$OUT/decode_order_$G.log"
