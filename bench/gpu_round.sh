@@ -8,9 +8,9 @@
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
 #   5. bench/decode_order.py       where the long sequence sits in a decode batch (only with DECODE_ORDER_S > 0)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
-# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S, DECODE_ORDER_S (defaults below,
-# ~10 minutes in all; KERNELS_S=0 skips part 1, STEP_OVERHEAD_S=0 part 4, which keeps $OUT within the device tool's 8 files; part 5
-# runs only when DECODE_ORDER_S is set, e.g. with KERNELS_S=0 STEP_OVERHEAD_S=0).
+# Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S, DECODE_ORDER_S (defaults
+# below, ~10 minutes in all). KERNELS_S=0 skips part 1 and STEP_OVERHEAD_S=0 part 4 (the device tool brings
+# back 8 files); part 5 runs only when DECODE_ORDER_S is set, e.g. with KERNELS_S=0 STEP_OVERHEAD_S=0.
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
