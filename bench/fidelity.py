@@ -105,6 +105,11 @@ def replay_inputs(shape) -> tuple[list[int], list[int]]:
     return [c + n for c, n in chunks] + contexts, [n for _, n in chunks] + [1] * b
 
 
+def deciles(x) -> dict:
+    """Median, 10th and 90th percentile of relative differences."""
+    return {"median": float(np.median(x)), "p10": float(np.percentile(x, 10)), "p90": float(np.percentile(x, 90))}
+
+
 def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=None) -> dict:
     """Diagnostic, fitted to nothing: `count` of the run's steps, spread over it, timed again
     standalone (a fresh store, blocks in order, `reps` times after a warm-up, as the profile times
@@ -140,11 +145,7 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
         spread = np.array([t / r[2] - 1 for r in sel for t in r[3]])
         model = np.array([r[4] / r[2] - 1 for r in sel])
         out[kind] = {"steps": len(sel),
-                     "in_run_vs_standalone": {"median": float(np.median(situ)), "p10": float(np.percentile(situ, 10)),
-                                              "p90": float(np.percentile(situ, 90))},
-                     "in_run_vs_standalone_after_idle": {"median": float(np.median(idle)),
-                                                         "p10": float(np.percentile(idle, 10)),
-                                                         "p90": float(np.percentile(idle, 90))},
+                     "in_run_vs_standalone": deciles(situ), "in_run_vs_standalone_after_idle": deciles(idle),
                      "idle_ms_median": float(np.median([r[6] for r in sel]) * 1e3),
                      "rep_spread_abs_p95": float(np.percentile(abs(spread), 95)),
                      "model_vs_standalone": {"abs_median": float(np.median(abs(model))),
@@ -174,9 +175,7 @@ def replay_in_place(records, kept: dict, backend, reps: int) -> dict:
     for kind in ("all", "decode", "mixed"):
         r = np.array([e for k, e in rows if kind in ("all", k)])
         if len(r):
-            out[kind] = {"steps": len(r), "in_run_vs_in_place": {"median": float(np.median(r)),
-                                                                 "p10": float(np.percentile(r, 10)),
-                                                                 "p90": float(np.percentile(r, 90))}}
+            out[kind] = {"steps": len(r), "in_run_vs_in_place": deciles(r)}
     return out
 
 
