@@ -294,7 +294,7 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     from kvsim.simulate import run_point
 
     recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)),
-                            keep_every=max(1, args.in_place) if args.in_place else 0)
+                            keep_every=max(0, args.in_place))
     start = time.perf_counter()
     compute = run_point(make_point(args, kv, policy, trace, gpu, "compute"), on_build=recorder.attach)
     batch = compute.steps.batch_size
@@ -382,6 +382,17 @@ def records_from_json(rows) -> list:
     return out
 
 
+def use_profile(path: str, gpu: str) -> None:
+    """The analytic side's profile ($KVSIM_PROFILES); one of another GPU is an error (the cost model
+    looks profiles up by GPU and would pass it over, silently using the shipped one)."""
+    from engine.profile_file import load_profile
+
+    named = load_profile(Path(path))
+    if named.gpu != gpu:
+        sys.exit(f"fidelity: --profile {path} is a {named.gpu} profile; the run is on {gpu}")
+    os.environ["KVSIM_PROFILES"] = str(Path(path).resolve())
+
+
 def rescore(args) -> None:
     """The analytic side again, on this machine, against a recorded compute run (see the docstring)."""
     from bench.common import environment as env
@@ -393,6 +404,8 @@ def rescore(args) -> None:
         setattr(args, key, recorded[key])
     args.max_prompt, args.max_output = recorded["max_prompt_tokens"], recorded["max_output_tokens"]
     args.offset, args.random_weights = recorded.get("offset", 0), recorded["weights"] == "random"
+    if args.profile:
+        use_profile(args.profile, recorded["gpu_preset"])
     from workloads import DEFAULT_TRACE
 
     trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output,
@@ -430,24 +443,20 @@ def print_row(r: dict) -> None:
     gap = r["measured"].get("host_gap_ms")
     if gap:
         print(f"      host time between steps (GPU idle): median {gap['median']:.2f} ms, p90 {gap['p90']:.2f} ms")
-    for kind, k in ((kind, r.get("replay", {}).get(kind)) for kind in ("all", "decode", "mixed")):
+    spread = lambda d: f"median {100 * d['median']:+5.1f}% (p10 {100 * d['p10']:+5.1f}%, p90 {100 * d['p90']:+5.1f}%)"
+    for kind in ("all", "decode", "mixed"):
+        k, place = r.get("replay", {}).get(kind), r.get("replay_in_place", {}).get(kind)
         if k:
-            situ, model = k["in_run_vs_standalone"], k["model_vs_standalone"]
-            print(f"      replay {kind:6s} {k['steps']:3d} steps: in run / standalone - 1 median {100 * situ['median']:+5.1f}% "
-                  f"(p10 {100 * situ['p10']:+5.1f}%, p90 {100 * situ['p90']:+5.1f}%); rep spread p95 "
-                  f"{100 * k['rep_spread_abs_p95']:4.1f}%; model vs standalone |err| median {100 * model['abs_median']:4.1f}% "
-                  f"p95 {100 * model['abs_p95']:4.1f}%")
-            place = r.get("replay_in_place", {}).get(kind)
-            if place:
-                p = place["in_run_vs_in_place"]
-                print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
-                      f"median {100 * p['median']:+5.1f}% (p10 {100 * p['p10']:+5.1f}%, p90 {100 * p['p90']:+5.1f}%)")
-            idle = k.get("in_run_vs_standalone_after_idle")
-            if idle:
-                print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
-                      f"standalone - 1 median {100 * idle['median']:+5.1f}% (p10 {100 * idle['p10']:+5.1f}%, "
-                      f"p90 {100 * idle['p90']:+5.1f}%)")
-
+            model = k["model_vs_standalone"]
+            print(f"      replay {kind:6s} {k['steps']:3d} steps: in run / standalone - 1 {spread(k['in_run_vs_standalone'])}; "
+                  f"rep spread p95 {100 * k['rep_spread_abs_p95']:4.1f}%; model vs standalone |err| median "
+                  f"{100 * model['abs_median']:4.1f}% p95 {100 * model['abs_p95']:4.1f}%")
+        if place:
+            print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
+                  f"{spread(place['in_run_vs_in_place'])}")
+        if k and "in_run_vs_standalone_after_idle" in k:
+            print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
+                  f"standalone - 1 {spread(k['in_run_vs_standalone_after_idle'])}")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -478,8 +487,6 @@ def main() -> None:
                              "end-to-end metric moves for a uniform step error (e.g. 0.03)")
     args = parser.parse_args()
     if args.rescore:
-        if args.profile:
-            os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
         return rescore(args)
     import torch
 
@@ -499,12 +506,7 @@ def main() -> None:
         args.max_prompt, args.max_output = args.max_prompt or 40, args.max_output or 3
         args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
     if args.profile:
-        from engine.profile_file import load_profile
-
-        named = load_profile(Path(args.profile))
-        if named.gpu != gpu:  # the cost model looks a profile up by GPU: this one would be passed over
-            parser.error(f"--profile {args.profile} is a {named.gpu} profile; this GPU is {gpu}")
-        os.environ["KVSIM_PROFILES"] = str(Path(args.profile).resolve())
+        use_profile(args.profile, gpu)
     trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work, args.offset)
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
               "weights": "random" if args.random_weights else "real", "trace": DEFAULT_TRACE.name,

@@ -387,19 +387,19 @@ class CalibratedCostModel:
     def structural(self, s: StepShape) -> float:
         """The step from the grid tables alone (the sum above), before the fitted correction."""
         b = s.num_decode_seqs
-        launch = self.decode_launch(s)
+        launch = self.decode_launch(s)  # its width is the step's graph table's
         if not s.prefill_chunks:
             mean = s.decode_context_tokens / b
             t = self.decode(b, mean) + self.layers * self._skew(b, mean, s.decode_max_context, launch)
             if self.decode_width is not None:  # the table as wide as the longest sequence, not the mean
                 natural = width_bucket(math.ceil(mean / self.block_size), self.min_width)
-                t += max(0.0, self.decode_width(b, self.graph_table(s)[1]) - self.decode_width(b, natural))
+                t += max(0.0, self.decode_width(b, launch[1]) - self.decode_width(b, natural))
             return t
         num_seqs = len(s.prefill_chunks) + b
         step = self._with_prefill(s.prefill_chunks, b, s.decode_context_tokens, s.decode_max_context, num_seqs, launch)
         if not b:
             return step
-        return step + (self.mixed_extra(b, self.graph_table(s)[1]) if self.mixed_extra is not None
+        return step + (self.mixed_extra(b, launch[1]) if self.mixed_extra is not None
                        else self.rows(b))
 
     def graph_table(self, s: StepShape) -> tuple[int, int]:
