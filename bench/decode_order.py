@@ -7,8 +7,11 @@ if it starts last, they add up. The cost model's structural sum assumes the firs
 fit steps put the long sequence anywhere; serving puts the oldest sequences first. This bench
 times the same decode step (one long sequence among short ones, seeded) with the long one first,
 in the middle and last, as compute mode times a step (CUDA events around runner.run and sampling,
-CUDA graphs), beside the calibrated cost model's prediction. Prints a table and writes
-$OUT/decode_order_<gpu>.json (or --out).
+CUDA graphs), beside the calibrated cost model's prediction. A fourth timing keeps the long one
+first but takes every row's blocks in a seeded random order over a store as large as a serving
+run's (--pool-gib, fidelity's default KV memory) instead of in order, as the profile does: whether
+a run's scattered tables (blocks freed and reused by many sequences) cost the kernel time. Prints
+a table and writes $OUT/decode_order_<gpu>.json (or --out).
 
     python -m bench.decode_order [--model smollm2-135m] [--kv-dtype fp16] [--reps 15]
     python -m bench.decode_order --device cpu --batches 3 --long 64 --short 16 --reps 1   # smoke
@@ -28,6 +31,7 @@ from engine.cost_model import StepShape, cost_model_for
 from engine.gpus import get_gpu
 from engine.loader import load_model
 from engine.profile import StepBench, Timer
+from kvcache.sizing import kv_bytes_per_block
 
 PLACES = ("first", "middle", "last")
 
@@ -55,6 +59,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--short", type=int, default=1500, help="median context of the other rows")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool-gib", type=float, default=4.0, help="the store's size, as a serving run's KV memory")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
@@ -63,30 +68,36 @@ def main(argv=None) -> dict:
     loaded = load_model(a.model, device=device, dtype=dtype, random_weights=True)
     batches = [int(b) for b in a.batches.split(",")]
     lengths = {b: contexts(b, a.long, a.short, a.seed + b) for b in batches}
-    bench = StepBench(loaded.model, a.kv_dtype, 16, want_blocks=sum(-(-n // 16) for n in max(lengths.values(), key=sum)))
+    need = sum(-(-n // 16) for n in max(lengths.values(), key=sum))
+    pool = int(a.pool_gib * 2**30 // kv_bytes_per_block(loaded.config, a.kv_dtype, 16))
+    bench = StepBench(loaded.model, a.kv_dtype, 16, want_blocks=max(need, pool))
+    scattered = bench.scattered(a.seed)
     gpu = get_gpu(torch.cuda.get_device_name(device)).name if device.type == "cuda" else "h100"
     cost = cost_model_for(loaded.config, get_gpu(gpu), a.kv_dtype)
     timer, rows = Timer(device, warmup=2, reps=a.reps), []
+    print(f"store: {bench.num_blocks} blocks of 16 tokens")
     print(f"{'rows':>5s} {'long':>6s} {'mean':>7s} " + " ".join(f"{p + ' ms':>10s}" for p in PLACES)
-          + f" {'last/first':>10s} {'model ms':>9s}")
+          + f" {'last/first':>10s} {'scattered':>10s} {'model ms':>9s}")
     for b, seq_lens in lengths.items():
         if not bench.fits(seq_lens):
             print(f"{b:5d}: does not fit the store; skipped")
             continue
         times = {}
-        for where in PLACES:
-            step = bench.step(bench.inputs(placed(seq_lens, where), [1] * b))
+        for where, pool in [(p, None) for p in PLACES] + [("scattered", scattered)]:
+            step = bench.step(bench.inputs(placed(seq_lens, "first" if pool else where), [1] * b, pool=pool))
             step(), step()  # captures its graph, warms
             times[where] = float(np.median(timer.times(step)))
         shape = StepShape(b, b, sum(seq_lens), num_decode_seqs=b, decode_max_context=max(seq_lens))
         model = cost.step_time(shape)
         rows.append({"rows": b, "long": a.long, "mean_context": sum(seq_lens) / b,
-                     **{f"{p}_s": times[p] for p in PLACES}, "last_vs_first": times["last"] / times["first"] - 1,
+                     **{f"{p}_s": t for p, t in times.items()}, "last_vs_first": times["last"] / times["first"] - 1,
+                     "scattered_vs_first": times["scattered"] / times["first"] - 1,
                      "model_s": model, "cost_model": cost.source})
         print(f"{b:5d} {a.long:6d} {sum(seq_lens) / b:7.0f} " + " ".join(f"{1e3 * times[p]:10.3f}" for p in PLACES)
-              + f" {100 * rows[-1]['last_vs_first']:+9.1f}% {1e3 * model:9.3f}")
+              + f" {100 * rows[-1]['last_vs_first']:+9.1f}% {100 * rows[-1]['scattered_vs_first']:+9.1f}%"
+              + f" {1e3 * model:9.3f}")
     result = {"benchmark": "decode_order", **environment(), "model": a.model, "kv_dtype": a.kv_dtype,
-              "weights": "random", "reps": a.reps, "seed": a.seed, "rows": rows}
+              "weights": "random", "reps": a.reps, "seed": a.seed, "store_blocks": bench.num_blocks, "rows": rows}
     out = Path(a.out) if a.out else Path(os.environ.get("OUT", "bench/results")) / f"decode_order_{gpu}.json"
     write_json(out, result)
     print(f"wrote {out}")

@@ -243,16 +243,20 @@ class StepBench:
         return (sum(self.blocks(n) for n in seq_lens) <= self.num_blocks
                 and max(seq_lens) <= self.model.max_positions)
 
-    def inputs(self, seq_lens: list[int], new: list[int], width: int = 0) -> list[StepInput]:
-        """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order.
+    def inputs(self, seq_lens: list[int], new: list[int], width: int = 0,
+               pool: list[int] | None = None) -> list[StepInput]:
+        """Sequence i reads seq_lens[i] slots after writing its last new[i] tokens; blocks in order,
+        or taken in turn from `pool` (e.g. scattered(): the store's blocks in a seeded random order,
+        as a serving run's tables look after many sequences came and went).
         width > 0 pads the last sequence's block table to that many blocks (entries past its length
         are never read): the step's table is that wide, as when one long sequence is in the batch,
         and the other rows keep their own tables (the runner pads them with zeros, as in serving;
         padding every row's list instead times host packing that serving does not pay)."""
         out, first, bs = [], 0, self.block_size
         for i, (length, n) in enumerate(zip(seq_lens, new)):
-            table = list(range(first, first + self.blocks(length)))
-            first += len(table)
+            count = self.blocks(length)
+            table = list(range(first, first + count)) if pool is None else pool[first:first + count]
+            first += count
             if i == len(seq_lens) - 1:
                 table += [table[-1]] * (width - len(table))
             start = length - n
@@ -260,6 +264,10 @@ class StepBench:
             slots = [table[p // bs] * bs + p % bs for p in range(start, length)]
             out.append(StepInput(ids, start, slots, table, length))
         return out
+
+    def scattered(self, seed: int) -> list[int]:
+        """Every block of the store in a seeded random order (a pool for inputs())."""
+        return torch.randperm(self.num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
 
     def step(self, batch: list[StepInput], scores: bool = False):
         """A whole step as compute mode runs it; scores: with the zeroed score buffers an eviction policy

@@ -19,8 +19,23 @@ def test_placed_moves_only_the_long_sequence():
 def test_smoke_run_writes_a_row_per_batch(tmp_path):
     out = tmp_path / "order.json"
     decode_order.main(["--device", "cpu", "--batches", "2,3", "--long", "48", "--short", "16", "--reps", "1",
-                       "--kv-dtype", "fp32", "--out", str(out)])
+                       "--kv-dtype", "fp32", "--pool-gib", "0.01", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["benchmark"] == "decode_order" and [r["rows"] for r in result["rows"]] == [2, 3]
     for r in result["rows"]:
-        assert all(r[f"{p}_s"] > 0 for p in decode_order.PLACES) and r["model_s"] > 0
+        assert all(r[f"{p}_s"] > 0 for p in (*decode_order.PLACES, "scattered")) and r["model_s"] > 0
+    assert result["store_blocks"] > sum(-(-n // 16) for n in decode_order.contexts(3, 48, 16, seed=3))
+
+
+def test_scattered_pool_gives_each_row_distinct_blocks():
+    import torch
+    from engine.loader import load_model
+    from engine.profile import StepBench
+    model = load_model("smollm2-135m", device=torch.device("cpu"), dtype=torch.float32, random_weights=True).model
+    bench = StepBench(model, "fp32", 16, want_blocks=64)
+    pool = bench.scattered(seed=5)
+    assert sorted(pool) == list(range(bench.num_blocks)) and pool != sorted(pool)
+    batch = bench.inputs([40, 17, 33], [1, 1, 1], pool=pool)
+    tables = [s.block_table for s in batch]
+    assert tables == [pool[0:3], pool[3:5], pool[5:8]]
+    assert batch[1].slots == [pool[4] * 16 + 0]  # position 16 lives in the row's second block
