@@ -63,6 +63,8 @@ class StepRecorder:
         the in-place replay; 0 keeps none."""
         self.records: list[tuple] = []
         self.gaps: list[float] = []
+        self.run_host: dict[int, float] = {}  # step index -> host seconds inside runner.run (packing,
+        # the input copy, launches), inside the step's timed span, while the GPU waits for it
         self.kept: dict[int, tuple] = {}  # step index -> (inputs, keeps scores, score windows)
         self.eager_sizes, self.keep_every = eager_sizes, keep_every
 
@@ -83,17 +85,20 @@ class StepRecorder:
             return result
 
         backend.execute = recorded
-        if self.keep_every:
-            run = backend.runner.run
+        run = self.run = backend.runner.run
 
-            def kept(batch, score_out=None, score_windows=None):
-                if len(self.records) % self.keep_every == 0:  # the step being executed: records has the ones before it
-                    copies = [dataclasses.replace(x, token_ids=list(x.token_ids), slots=list(x.slots),
-                                                  block_table=list(x.block_table)) for x in batch]
-                    self.kept[len(self.records)] = (copies, score_out is not None, score_windows)
-                return run(batch, score_out, score_windows)
+        def kept(batch, score_out=None, score_windows=None):
+            index = len(self.records)  # the step being executed: records has the ones before it
+            if self.keep_every and index % self.keep_every == 0:
+                copies = [dataclasses.replace(x, token_ids=list(x.token_ids), slots=list(x.slots),
+                                              block_table=list(x.block_table)) for x in batch]
+                self.kept[index] = (copies, score_out is not None, score_windows)
+            start = time.perf_counter()
+            out = run(batch, score_out, score_windows)
+            self.run_host[index] = time.perf_counter() - start
+            return out
 
-            backend.runner.run = kept
+        backend.runner.run = kept
 
 
 def replay_inputs(shape) -> tuple[list[int], list[int]]:
@@ -154,28 +159,45 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
     return out
 
 
-def replay_in_place(records, kept: dict, backend, reps: int) -> dict:
+def replay_in_place(recorder: StepRecorder, reps: int) -> dict:
     """Diagnostic: the kept steps timed again on the run's own store and block tables (the blocks
     the run gave them, scattered over the pool after evictions and refills), back to back as the
-    profile times its steps, sampling included as in the run. Against the standalone replay (blocks
-    in order), this says whether the step's own tables or the serving loop around it make the
-    in-run difference."""
+    profile times its steps, sampling and the tokens back to the host included as in the run.
+    Against the standalone replay (blocks in order), this says whether the step's own tables or the
+    serving loop around it make the in-run difference. Also the host time inside runner.run (the
+    inputs packed and copied, the graph launched: inside the step's timed span, the GPU waiting on
+    it) in the run and here, warm: how much of the difference a colder host explains."""
     from engine.generate import sample
     from engine.profile import Timer
 
+    backend, run = recorder.backend, recorder.run
     runner, timer, rows = backend.runner, Timer(backend.device, warmup=2, reps=reps), []
-    for index, (batch, scored, windows) in sorted(kept.items()):
-        shape, in_situ = records[index]
+    for index, (batch, scored, windows) in sorted(recorder.kept.items()):
+        shape, in_situ = recorder.records[index]
         score_out = runner.score_buffers(batch) if scored else None
         runner.prepare_graph(batch, score_out, windows)
-        step = lambda: sample(runner.run(batch, score_out, windows), backend.sampling, backend.generator)
+        host = []
+
+        def step():
+            start = time.perf_counter()
+            logits = run(batch, score_out, windows)
+            host.append(time.perf_counter() - start)
+            return sample(logits, backend.sampling, backend.generator).tolist()
+
         step(), step()
-        rows.append((step_kind(shape), in_situ / float(np.median(timer.times(step))) - 1))
+        host.clear()
+        measured = float(np.median(timer.times(step)))
+        rows.append((step_kind(shape), in_situ / measured - 1, recorder.run_host.get(index, float("nan")),
+                     float(np.median(host)), in_situ))
     out = {"steps": len(rows), "reps": reps}
     for kind in ("all", "decode", "mixed"):
-        r = np.array([e for k, e in rows if kind in ("all", k)])
-        if len(r):
-            out[kind] = {"steps": len(r), "in_run_vs_in_place": deciles(r)}
+        sel = [r for r in rows if kind in ("all", r[0])]
+        if sel:
+            extra = np.array([(r[2] - r[3]) / r[4] for r in sel])  # the in-run host time's excess, of the step
+            out[kind] = {"steps": len(sel), "in_run_vs_in_place": deciles([r[1] for r in sel]),
+                         "run_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
+                                         "in_place": float(np.median([r[3] for r in sel]) * 1e3)},
+                         "host_excess_of_step": deciles(extra)}
     return out
 
 
@@ -308,7 +330,7 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
         row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
                                3 if args.smoke else 5, recorder.gaps)
     if recorder.kept:
-        row["replay_in_place"] = replay_in_place(recorder.records, recorder.kept, recorder.backend, 3 if args.smoke else 5)
+        row["replay_in_place"] = replay_in_place(recorder, 3 if args.smoke else 5)
     return row, recorder.records
 
 
@@ -393,6 +415,17 @@ def use_profile(path: str, gpu: str) -> None:
     os.environ["KVSIM_PROFILES"] = str(Path(path).resolve())
 
 
+def trace_source(args) -> Path:
+    """--trace (an Azure-format CSV: the full conversation trace holds fresh rows past the 2,000
+    the package ships) or the shipped one."""
+    from workloads import DEFAULT_TRACE
+
+    source = Path(args.trace) if args.trace else DEFAULT_TRACE
+    if not source.is_file():
+        sys.exit(f"fidelity: --trace {source}: no such file")
+    return source
+
+
 def rescore(args) -> None:
     """The analytic side again, on this machine, against a recorded compute run (see the docstring)."""
     from bench.common import environment as env
@@ -406,9 +439,10 @@ def rescore(args) -> None:
     args.offset, args.random_weights = recorded.get("offset", 0), recorded["weights"] == "random"
     if args.profile:
         use_profile(args.profile, recorded["gpu_preset"])
-    from workloads import DEFAULT_TRACE
-
-    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output,
+    source = trace_source(args)
+    if source.name != recorded["trace"]:
+        sys.exit(f"fidelity: {path} replayed {recorded['trace']}; name that file with --trace (given: {source})")
+    trace = capped_trace(source, args.requests, args.max_prompt, args.max_output,
                          Path(tempfile.mkdtemp(prefix="fidelity-")), args.offset)
     result = {**recorded, "rescored": {**env(), "of": path.name}, "configs": []}
     print(f"rescore of {path} (compute run of {recorded['date']} on {recorded.get('gpu')}) with the cost model as it is now")
@@ -454,6 +488,10 @@ def print_row(r: dict) -> None:
         if place:
             print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
                   f"{spread(place['in_run_vs_in_place'])}")
+            if "run_host_ms" in place:
+                host = place["run_host_ms"]
+                print(f"      replay {kind:6s} host time in runner.run: {host['in_run']:.2f} ms in the run, "
+                      f"{host['in_place']:.2f} ms in place; its excess, of the step: {spread(place['host_excess_of_step'])}")
         if k and "in_run_vs_standalone_after_idle" in k:
             print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
                   f"standalone - 1 {spread(k['in_run_vs_standalone_after_idle'])}")
@@ -462,6 +500,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--trace", default=None,
+                        help="an Azure-format trace CSV (default: the shipped first 2,000 rows of the conv trace)")
     parser.add_argument("--offset", type=int, default=0, help="trace rows to skip first")
     parser.add_argument("--rate-scale", type=float, default=40.0, help="arrivals this many times faster")
     parser.add_argument("--kv-dtypes", default="fp16,int8")
@@ -491,9 +531,9 @@ def main() -> None:
     import torch
 
     from engine.gpus import get_gpu
-    from workloads import DEFAULT_TRACE
 
     start = time.perf_counter()
+    source = trace_source(args)
     cuda = torch.cuda.is_available()
     gpu = get_gpu(torch.cuda.get_device_name()).name if cuda else "h100"
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
@@ -507,19 +547,20 @@ def main() -> None:
         args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
     if args.profile:
         use_profile(args.profile, gpu)
-    trace = capped_trace(DEFAULT_TRACE, args.requests, args.max_prompt, args.max_output, work, args.offset)
+    trace = capped_trace(source, args.requests, args.max_prompt, args.max_output, work, args.offset)
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
-              "weights": "random" if args.random_weights else "real", "trace": DEFAULT_TRACE.name,
+              "weights": "random" if args.random_weights else "real", "trace": source.name,
               "requests": args.requests, "offset": args.offset, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
               "max_output_tokens": args.max_output, "kv_mem_gib": args.kv_mem_gib, "max_num_seqs": args.max_num_seqs,
               "floors": FLOORS, "configs": [], "complete": False}
     path = out_dir / f"fidelity_{gpu if cuda else 'cpu_smoke'}.json"
     steps_path, steps = path.with_name(path.name.replace("fidelity_", "fidelity_steps_")), {}
-    print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {DEFAULT_TRACE.name} "
+    print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {source.name} "
           f"at {args.rate_scale}x, caps prompt {args.max_prompt} / output {args.max_output}; writing {path}")
     print(f"{'kv':5s} {'policy':9s} {'steps':>6s} {'batch':>10s} {'|err| med':>7s} {'p95':>7s}  "
           + " ".join(f"{k.replace('_per_s', '/s').replace('_ms', '')[:7]:>7s}" for k in E2E))
-    configs = [(kv, p) for kv in args.kv_dtypes.split(",") for p in args.policies.split(",")]
+    # policy by policy (fp16 and INT8 of full, then of streaming, ...): a budget cut drops the last policy
+    configs = [(kv, p) for p in args.policies.split(",") for kv in args.kv_dtypes.split(",")]
     last = 0.0
     for kv, policy in configs:
         if time.perf_counter() - start + last > args.budget_s:

@@ -164,8 +164,10 @@ class Correction:
         materializes). Without a scored law, the unscored one plus the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
-    Without rows (an older profile), with fewer than 2 * MIN_ROWS_PER_FEATURE a feature, or where
-    the check fails, the structural prediction is kept unchanged."""
+    With fewer than 2 * MIN_ROWS_PER_FEATURE rows a feature (a profile cut short by its budget), a
+    kind falls back to its REDUCED law (the other weights 0): structural, chunks (the eager scored
+    step pays ~10 ms a chunk: the reference scorer loops over them), the scored feature, constant. Without rows (an older profile), too few even for that, or where the check
+    fails, the structural prediction is kept unchanged."""
 
     MIN_ROWS_PER_FEATURE = 3
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -175,6 +177,11 @@ class Correction:
         "decode_scored": ("structural", "padded_kv_tokens", "longest_walk_s", "context_tokens", "constant_s"),
         "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "longest_walk_s",
                            "causal_pairs", "constant_s")}
+
+    REDUCED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "decode": ("structural", "constant_s"), "prefill": ("structural", "chunks", "constant_s"),
+        "decode_scored": ("structural", "context_tokens", "constant_s"),
+        "prefill_scored": ("structural", "chunks", "causal_pairs", "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
@@ -216,11 +223,15 @@ class Correction:
                 shapes.append(shape)
         weights, checks = {}, {}
         for kind, (x, y) in rows.items():
-            if len(y) >= 2 * cls.MIN_ROWS_PER_FEATURE * len(cls.NAMES[kind]):
-                x, y = np.asarray(x), np.asarray(y)
-                w, checks[kind] = cls._checked_fit(x, y)
-                if w is not None:
-                    weights[kind] = w
+            names = cls.NAMES[kind]
+            for columns in (range(len(names)), [names.index(n) for n in cls.REDUCED[kind]]):
+                if len(y) >= 2 * cls.MIN_ROWS_PER_FEATURE * len(columns):
+                    w, checks[kind] = cls._checked_fit(np.asarray(x)[:, columns], np.asarray(y))
+                    checks[kind]["features"] = [names[c] for c in columns]
+                    if w is not None:
+                        weights[kind] = np.zeros(len(names))
+                        weights[kind][columns] = w
+                    break
         return cls(weights, {cls.key(s) for s in shapes}, checks)
 
     @staticmethod

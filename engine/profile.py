@@ -3,7 +3,9 @@
 Whole steps run as compute mode runs them (ModelRunner.run, its CUDA graphs for decode
 included, then sampling and the tokens back on the host) and are timed as it times them: CUDA
 events around the step. Ops are timed per layer inside a CUDA graph of a few calls, so launch
-gaps do not count. Every point: `warmup` runs, then the median of `reps`. On the CPU (tests
+gaps do not count: the GPU is kept busy (a spin kernel) while the host records the start event and
+launches the graph, so neither the host's launch latency nor its speed enters an op's time (a slower
+host measured small ops 30-130% slower without it). Every point: `warmup` runs, then the median of `reps`. On the CPU (tests
 only) everything is timed with perf_counter. Sections run in order of need (what the cost model
 requires first) and stop adding points at the deadline; the caller writes what was measured.
 The file format is engine/profile_file.py.
@@ -31,6 +33,8 @@ from kvcache.sizing import kv_bytes_per_block
 
 GREEDY = SamplingParams()
 OP_TARGET_S = 200e-6  # an op graph holds enough calls to run about this long (launch gaps vanish)
+BUSY_CYCLES = 1_000_000  # GPU clock cycles of spin (~0.5 ms) queued before an op's start event: the host's
+                         # launch is done before the GPU reaches the event (torch.cuda._sleep)
 STORE_MEMORY_FRACTION = 0.55  # of free GPU memory for the KV store (graphs, activations, logits need the rest)
 CPU_STORE_BYTES = 1 << 30
 
@@ -130,9 +134,13 @@ class Stopwatch:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
 
-    def start(self) -> None:
+    def start(self, busy: bool = False) -> None:
+        """busy: queue a spin kernel first, so the time from the start event on is the GPU's work
+        alone (the host launches it while the GPU spins), not how soon the host launched it."""
         if self.cuda:
             self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if busy:
+                torch.cuda._sleep(BUSY_CYCLES)
             self.begin.record()
         else:
             self.t0 = time.perf_counter()
@@ -155,21 +163,22 @@ class Timer:
         self.cuda, self.warmup, self.reps = device.type == "cuda", warmup, reps
         self.watch = Stopwatch(device)
 
-    def times(self, fn, reps: int | None = None, idle_s: float = 0.0) -> list[float]:
+    def times(self, fn, reps: int | None = None, idle_s: float = 0.0, busy: bool = False) -> list[float]:
         """Seconds of each of `reps` calls of fn, back to back, or each after the GPU idled idle_s
-        (the host sleeping after the previous call finished, as a serving loop's scheduler does)."""
+        (the host sleeping after the previous call finished, as a serving loop's scheduler does);
+        busy: the GPU's time alone (Stopwatch.start)."""
         times, watch = [], self.watch
         for _ in range(reps or self.reps):
             if idle_s:
                 time.sleep(idle_s)
-            watch.start()
+            watch.start(busy)
             fn()
             watch.stop()
             times.append(watch.elapsed_ms() / 1e3)
         return times
 
-    def _median(self, fn, calls: int = 1, reps: int | None = None) -> float:
-        return statistics.median(self.times(fn, reps)) / calls
+    def _median(self, fn, calls: int = 1, reps: int | None = None, busy: bool = False) -> float:
+        return statistics.median(self.times(fn, reps, busy=busy)) / calls
 
     def step(self, fn) -> float:
         """A whole step as compute mode times it: the GPU idle before it, events around it."""
@@ -185,7 +194,7 @@ class Timer:
             fn()
         if not self.cuda:
             return self._median(fn)
-        calls = max(1, min(16, math.ceil(OP_TARGET_S / max(self._median(fn, reps=1), 1e-6))))
+        calls = max(1, min(16, math.ceil(OP_TARGET_S / max(self._median(fn, reps=1, busy=True), 1e-6))))
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
@@ -194,9 +203,9 @@ class Timer:
         except Exception as e:  # noqa: BLE001 - not capturable: eager calls back to back
             torch.cuda.synchronize()
             print(f"kvsim profile: graph capture failed ({e}); timing eagerly", file=sys.stderr)
-            return self._median(lambda: [fn() for _ in range(calls)], calls)
+            return self._median(lambda: [fn() for _ in range(calls)], calls, busy=True)
         graph.replay()
-        return self._median(graph.replay, calls)
+        return self._median(graph.replay, calls, busy=True)
 
 
 @dataclass

@@ -221,6 +221,8 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
             "model": {"name": cfg.name, **{f: getattr(cfg, f) for f in SHAPE_FIELDS}},
             "block_size": block_size,
             "settings": {"warmup": grid.warmup, "reps": grid.reps, "quick": quick, "budget_s": budget_s,
+                         "op_timing": "a CUDA graph of calls, its start event after a GPU spin (launch excluded)"
+                         if cuda else "perf_counter",
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
                                           "step_tokens": grid.step_tokens},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},

@@ -74,3 +74,4 @@ def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monke
     assert sorted(recorder.kept) == [0, 3, 6] and len(recorder.records) == len(recorder.gaps) == 7
     assert [recorder.kept[i][0][0].block_table for i in (0, 3, 6)] == [[5, 9], [5, 9, 2, 3, 4], [5, 9, 2, 3, 4, 5, 6, 7]]
     assert recorder.gaps[0] == 0.0 and all(g >= 0 for g in recorder.gaps)
+    assert sorted(recorder.run_host) == list(range(7)) and all(t >= 0 for t in recorder.run_host.values())

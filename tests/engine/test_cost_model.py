@@ -481,6 +481,32 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     assert Correction.key(replace(new[0], scored=True)) != Correction.key(new[0])
 
 
+def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
+    """24 scored rows of each kind (a budget cut): too few for the full laws (30 and 48 rows), enough
+    for the reduced ones, which recover a law of their own features; the unreduced ones stay unfitted."""
+    from dataclasses import replace
+
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
+    eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-3 * len(s.prefill_chunks) + 4e-13 * s.prefill_attn_pairs
+                             + 1e-3 if s.prefill_chunks else 1.2 * cost.structural(s) + 5e-11 * s.decode_context_tokens)
+    shapes = [replace(s, scored=True) for s in random_shapes(seed=3, count=24)]
+    data["kv_dtypes"]["fp16"]["tables"]["scored_steps"] = dict(zip(TABLES["scored_steps"], map(list, zip(
+        *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), eager(structural, s)) for s in shapes]))))
+    cut = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="cut.json"))
+    described = cut.correction.describe()
+    assert set(cut.correction.weights) == {"decode_scored", "prefill_scored"}
+    assert described["prefill_scored"]["held_out"]["features"] == list(Correction.REDUCED["prefill_scored"])
+    assert described["prefill_scored"]["structural"] == pytest.approx(1.5, rel=0.01)
+    assert described["prefill_scored"]["longest_walk_s"] == 0 and described["decode_scored"]["longest_walk_s"] == 0
+    for shape in random_shapes(seed=2, count=20):
+        scored = replace(shape, scored=True)
+        assert cut.step_time(scored) == pytest.approx(max(eager(structural, scored), cut.floor_s), rel=0.01)
+
+
 def test_roofline_prices_score_bytes():
     cost = CostModel(MODEL, H100, kv_bytes_per_token=2 * 2 * MODEL.num_layers * MODEL.num_kv_heads * MODEL.head_dim)
     for shape in (decode([300, 2000, 77]), prefill([(0, 512), (1024, 64)], [300, 20])):
