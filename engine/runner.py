@@ -20,8 +20,11 @@ with use_cuda_graphs=False (KVSIM_CUDA_GRAPHS=0; vLLM's enforce_eager).
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 from dataclasses import dataclass
+from itertools import accumulate, chain
 
 import numpy as np
 import torch
@@ -88,6 +91,13 @@ def _fields(packed, shape: Shape):
     return ids, pos, slots, seq_lens, cu, last, tables.reshape(r, w), tiles.reshape(2, shape.tiles)
 
 
+@functools.lru_cache(maxsize=1024)
+def _int64s(count: int) -> struct.Struct:
+    """Packs `count` Python ints as native int64. struct converts Python ints 2-3x faster than
+    numpy does (~10 vs 20-30 ns an int), and a decode step converts every block-table entry."""
+    return struct.Struct(f"{count}q")
+
+
 def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     """Every integer a step needs in one int64 array (one host-to-device copy), in _fields' layout.
     Rows past len(batch) are padding: length 0, table 0, and in a decode step one token that writes
@@ -95,32 +105,44 @@ def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     padding of no sequence (slot -1). The query-tile map covers the batch's own tokens in tiles
     of `tile` (kernels/tiles.py), then -1. A split step packs its one-token sequences first (the
     logits rows stay in the batch's order) and leaves them out of the tile map."""
-    lens = np.fromiter((len(s.token_ids) for s in batch), np.int64, len(batch))
-    order = np.argsort(lens != 1, kind="stable") if shape.split else np.arange(len(batch))
-    batch, lens = [batch[b] for b in order], lens[order]
+    # No per-row numpy call (each costs ~1 us, several per row): per-row values are gathered in
+    # Python lists and converted once, block tables by struct straight into their rows.
+    lens = [len(s.token_ids) for s in batch]
+    order = None
+    if shape.split:  # one-token sequences first (a stable sort: each group keeps the batch's order)
+        order = sorted(range(len(batch)), key=lambda b: lens[b] != 1)
+        batch, lens = [batch[b] for b in order], [lens[b] for b in order]
+    n, total = len(batch), sum(lens)
     pad_tokens = 1 if shape.decode else 0  # per padding row
-    used = int(lens.sum()) + pad_tokens * (shape.rows - len(batch))
-    assert len(batch) <= shape.rows and used <= shape.tokens, f"{len(batch)} sequences, {used} tokens exceed {shape}"
+    used = total + pad_tokens * (shape.rows - n)
+    assert n <= shape.rows and used <= shape.tokens, f"{n} sequences, {used} tokens exceed {shape}"
+    assert all(lens), "every sequence in a step feeds at least one token"
+    assert [len(s.slots) for s in batch] == lens, "one slot per new token"
+    widths = [len(s.block_table) for s in batch]
+    assert max(widths, default=0) <= shape.width, f"a block table of {max(widths)} blocks exceeds {shape}"
     out = np.zeros(shape.size(), np.int64)
     ids, pos, slots, seq_lens, cu, last, tables, tiles = _fields(out, shape)
-    i = 0
-    for b, s in enumerate(batch):
-        n = len(s.token_ids)
-        assert n > 0, "every sequence in a step feeds at least one token"
-        assert len(s.slots) == n, "one slot per new token"
-        ids[i:i + n] = s.token_ids
-        pos[i:i + n] = np.arange(s.start_position, s.start_position + n)
-        slots[i:i + n] = s.slots
-        seq_lens[b] = s.seq_len
-        tables[b, :len(s.block_table)] = s.block_table
-        i += n
-    slots[i:] = -1
-    cu[1:len(batch) + 1] = np.cumsum(lens)
-    cu[len(batch) + 1:] = cu[len(batch)] + pad_tokens * np.arange(1, shape.rows - len(batch) + 1)
+    # the rows' tokens and slots, concatenated (struct writes straight into out's memory)
+    _int64s(total).pack_into(ids, 0, *chain.from_iterable([s.token_ids for s in batch]))
+    _int64s(total).pack_into(slots, 0, *chain.from_iterable([s.slots for s in batch]))
+    slots[total:] = -1
+    seq_lens[:n] = [s.seq_len for s in batch]
+    cu[1:n + 1] = list(accumulate(lens))
+    cu[n + 1:] = cu[n] + pad_tokens * np.arange(1, shape.rows - n + 1)
+    starts = [s.start_position for s in batch]
+    if total == n:  # one token a row (decode): its position is the row's start
+        pos[:n] = starts
+    else:  # a token's position: its row's start + its index in the row (token index - row's cu)
+        pos[:total] = np.repeat(np.array(starts, np.int64) - cu[:n], lens) + np.arange(total)
+    row_bytes = 8 * shape.width
+    for b, (s, width) in enumerate(zip(batch, widths)):  # row b's first `width` columns; the rest stay 0
+        _int64s(width).pack_into(tables, b * row_bytes, *s.block_table)
     last[:] = np.maximum(cu[1:] - 1, 0)  # a padding row without tokens points at a real token
-    last[order] = last[:len(batch)].copy()  # logits in the batch's order
+    if order is not None:
+        last[order] = last[:n].copy()  # logits in the batch's order
     if shape.tiles:
-        tiles[:] = prefill_query_tiles(np.where(shape.split & (lens == 1), 0, lens), tile, shape.tiles)
+        new_tokens = [0 if shape.split and k == 1 else k for k in lens]
+        tiles[:] = prefill_query_tiles(new_tokens, tile, shape.tiles)
     return out
 
 
