@@ -538,6 +538,7 @@ def main() -> None:
     gpu = get_gpu(torch.cuda.get_device_name()).name if cuda else "h100"
     work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else work if args.smoke else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.requests, args.rate_scale, args.kv_mem_gib, args.max_num_seqs = 8, 1000.0, 0.05, 8
         args.random_weights, args.replay, args.in_place = True, min(args.replay, 3), min(args.in_place, 2)
