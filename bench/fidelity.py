@@ -63,8 +63,8 @@ class StepRecorder:
         the in-place replay; 0 keeps none."""
         self.records: list[tuple] = []
         self.gaps: list[float] = []
-        self.run_host: dict[int, float] = {}  # step index -> host seconds inside runner.run (packing,
-        # the input copy, launches), inside the step's timed span, while the GPU waits for it
+        self.stage_host: dict[int, float] = {}  # step index -> host seconds of runner.stage (packing,
+        # the input copy; before the step's timed span since 2026-12-06, inside it before)
         self.kept: dict[int, tuple] = {}  # step index -> (inputs, keeps scores, score windows)
         self.eager_sizes, self.keep_every = eager_sizes, keep_every
 
@@ -85,7 +85,7 @@ class StepRecorder:
             return result
 
         backend.execute = recorded
-        run = self.run = backend.runner.run
+        stage = self.stage = backend.runner.stage
 
         def kept(batch, score_out=None, score_windows=None):
             index = len(self.records)  # the step being executed: records has the ones before it
@@ -94,11 +94,11 @@ class StepRecorder:
                                               block_table=list(x.block_table)) for x in batch]
                 self.kept[index] = (copies, score_out is not None, score_windows)
             start = time.perf_counter()
-            out = run(batch, score_out, score_windows)
-            self.run_host[index] = time.perf_counter() - start
+            out = stage(batch, score_out, score_windows)
+            self.stage_host[index] = time.perf_counter() - start
             return out
 
-        backend.runner.run = kept
+        backend.runner.stage = kept
 
 
 def replay_inputs(shape) -> tuple[list[int], list[int]]:
@@ -162,42 +162,35 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
 def replay_in_place(recorder: StepRecorder, reps: int) -> dict:
     """Diagnostic: the kept steps timed again on the run's own store and block tables (the blocks
     the run gave them, scattered over the pool after evictions and refills), back to back as the
-    profile times its steps, sampling and the tokens back to the host included as in the run.
-    Against the standalone replay (blocks in order), this says whether the step's own tables or the
-    serving loop around it make the in-run difference. Also the host time inside runner.run (the
-    inputs packed and copied, the graph launched: inside the step's timed span, the GPU waiting on
-    it) in the run and here, warm: how much of the difference a colder host explains."""
-    from engine.generate import sample
-    from engine.profile import Timer
+    profile times its steps (TimedStep: staged, then timed from the launch, sampling and the tokens
+    back to the host included as in the run). Against the standalone replay (blocks in order), this
+    says whether the step's own tables or the serving loop around it make the in-run difference.
+    Also the host's staging time (inputs packed and copied) in the run and here, warm."""
+    from engine.profile import TimedStep, Timer
 
-    backend, run = recorder.backend, recorder.run
+    backend, stage = recorder.backend, recorder.stage
     runner, timer, rows = backend.runner, Timer(backend.device, warmup=2, reps=reps), []
     for index, (batch, scored, windows) in sorted(recorder.kept.items()):
         shape, in_situ = recorder.records[index]
         score_out = runner.score_buffers(batch) if scored else None
         runner.prepare_graph(batch, score_out, windows)
-        host = []
-
-        def step():
-            start = time.perf_counter()
-            logits = run(batch, score_out, windows)
-            host.append(time.perf_counter() - start)
-            return sample(logits, backend.sampling, backend.generator).tolist()
-
+        step = TimedStep(runner, batch, score_out, backend.sampling, backend.generator, windows)
         step(), step()
-        host.clear()
         measured = float(np.median(timer.times(step)))
-        rows.append((step_kind(shape), in_situ / measured - 1, recorder.run_host.get(index, float("nan")),
-                     float(np.median(host)), in_situ))
+        host = []
+        for _ in range(reps):
+            began = time.perf_counter()
+            stage(batch, score_out, windows)
+            host.append(time.perf_counter() - began)
+        rows.append((step_kind(shape), in_situ / measured - 1, recorder.stage_host.get(index, float("nan")),
+                     float(np.median(host))))
     out = {"steps": len(rows), "reps": reps}
     for kind in ("all", "decode", "mixed"):
         sel = [r for r in rows if kind in ("all", r[0])]
         if sel:
-            extra = np.array([(r[2] - r[3]) / r[4] for r in sel])  # the in-run host time's excess, of the step
             out[kind] = {"steps": len(sel), "in_run_vs_in_place": deciles([r[1] for r in sel]),
-                         "run_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
-                                         "in_place": float(np.median([r[3] for r in sel]) * 1e3)},
-                         "host_excess_of_step": deciles(extra)}
+                         "stage_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
+                                           "in_place": float(np.median([r[3] for r in sel]) * 1e3)}}
     return out
 
 
@@ -488,10 +481,10 @@ def print_row(r: dict) -> None:
         if place:
             print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
                   f"{spread(place['in_run_vs_in_place'])}")
-            if "run_host_ms" in place:
-                host = place["run_host_ms"]
-                print(f"      replay {kind:6s} host time in runner.run: {host['in_run']:.2f} ms in the run, "
-                      f"{host['in_place']:.2f} ms in place; its excess, of the step: {spread(place['host_excess_of_step'])}")
+            if "stage_host_ms" in place:
+                host = place["stage_host_ms"]
+                print(f"      replay {kind:6s} host staging (untimed): {host['in_run']:.2f} ms in the run, "
+                      f"{host['in_place']:.2f} ms warm")
         if k and "in_run_vs_standalone_after_idle" in k:
             print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
                   f"standalone - 1 {spread(k['in_run_vs_standalone_after_idle'])}")

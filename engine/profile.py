@@ -1,12 +1,13 @@
 """Measure a model on this device: the tables of the calibrated cost model (`kvsim profile`).
 
-Whole steps run as compute mode runs them (ModelRunner.run, its CUDA graphs for decode
-included, then sampling and the tokens back on the host) and are timed as it times them: CUDA
-events around the step. Ops are timed per layer inside a CUDA graph of a few calls, so launch
-gaps do not count: the GPU is kept busy (a spin kernel) while the host records the start event and
-launches the graph, so neither the host's launch latency nor its speed enters an op's time (a slower
-host measured small ops 30-130% slower without it). Every point: `warmup` runs, then the median of `reps`. On the CPU (tests
-only) everything is timed with perf_counter. Sections run in order of need (what the cost model
+Whole steps run as compute mode runs them (ModelRunner.stage then launch, its CUDA graphs for
+decode included, then sampling and the tokens back on the host) and are timed as it times them:
+CUDA events from the launch of the staged inputs (TimedStep). Ops are timed per layer inside a
+CUDA graph of a few calls, so launch gaps do not count: the GPU is kept busy (a spin kernel) while
+the host records the start event and launches the graph, so neither the host's launch latency nor
+its speed enters an op's time (a slower host measured small ops 30-130% slower without it). Every
+point: `warmup` runs, then the median of `reps`. On the CPU (tests only) everything is timed with
+perf_counter. Sections run in order of need (what the cost model
 requires first) and stop adding points at the deadline; the caller writes what was measured.
 The file format is engine/profile_file.py.
 """
@@ -166,11 +167,14 @@ class Timer:
     def times(self, fn, reps: int | None = None, idle_s: float = 0.0, busy: bool = False) -> list[float]:
         """Seconds of each of `reps` calls of fn, back to back, or each after the GPU idled idle_s
         (the host sleeping after the previous call finished, as a serving loop's scheduler does);
-        busy: the GPU's time alone (Stopwatch.start)."""
-        times, watch = [], self.watch
+        busy: the GPU's time alone (Stopwatch.start). A fn with a stage() (TimedStep) is staged
+        before each start event."""
+        times, watch, stage = [], self.watch, getattr(fn, "stage", None)
         for _ in range(reps or self.reps):
             if idle_s:
                 time.sleep(idle_s)
+            if stage is not None:  # a TimedStep: its inputs staged by the host first, untimed
+                stage()
             watch.start(busy)
             fn()
             watch.stop()
@@ -226,6 +230,26 @@ class Section:
         self.skipped[why] = self.skipped.get(why, 0) + 1
 
 
+class TimedStep:
+    """A step as compute mode times it: calling it launches the staged inputs and samples, tokens
+    back on the host (the timed part); Timer stages the inputs (the host's packing and copy) before
+    its start event, as compute mode does. Called without a fresh stage, it stages first (warm-ups)."""
+
+    def __init__(self, runner, batch, score_out=None, sampling=GREEDY, generator=None, windows=None):
+        self.runner, self.batch, self.score_out, self.windows = runner, batch, score_out, windows
+        self.sampling, self.generator = sampling, generator
+        self.staged = None
+
+    def stage(self) -> None:
+        self.staged = self.runner.stage(self.batch, self.score_out, self.windows)
+
+    def __call__(self) -> list[int]:
+        if self.staged is None:  # graphs share one input buffer: every launch has its own stage
+            self.stage()
+        staged, self.staged = self.staged, None
+        return sample(self.runner.launch(staged), self.sampling, self.generator).tolist()
+
+
 class StepBench:
     """One model, one KV dtype: a paged store sized for the grid, the runner, inputs of any step."""
 
@@ -278,11 +302,12 @@ class StepBench:
         """Every block of the store in a seeded random order (a pool for inputs())."""
         return torch.randperm(self.num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
 
-    def step(self, batch: list[StepInput], scores: bool = False):
+    def step(self, batch: list[StepInput], scores: bool = False) -> TimedStep:
         """A whole step as compute mode runs it; scores: with the zeroed score buffers an eviction policy
         that reads attention passes (engine/backends/compute.py), allocated outside the timed call."""
         score_out = self.runner.score_buffers(batch) if scores else None
-        return lambda: sample(self.runner.run(batch, score_out), GREEDY, self.sampler).tolist()
+        return TimedStep(self.runner, batch, score_out, GREEDY, self.sampler)
+
 
     def tensors(self, seq_lens: list[int]):
         """(block_tables [B, max_blocks] int32, seq_lens [B] int32) for op calls."""

@@ -192,17 +192,31 @@ class ModelRunner:
             score_windows: list[int] | None = None) -> torch.Tensor:
         """Logits [B, vocab] (float32) of each sequence's last new token. With score_out, the
         attention each slot receives is added to it (see AttentionMetadata)."""
+        return self.launch(self.stage(batch, score_out, score_windows))
+
+    def stage(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
+              score_windows: list[int] | None = None) -> Staged:
+        """The host's part of a step: its inputs packed and copied to the device (into the graph's
+        input buffer, shared by every graph: launch this step before staging another). Compute
+        mode times a step from launch() on: host work is not a step's time (see engine/backends/compute.py)."""
         shape = self.graph_shape(batch, score_out, score_windows)
         if shape is None:
-            input_ids, meta, last = self.prepare(batch, score_out, score_windows)
-            return self.model(input_ids, meta, self.kv_store, logits_indices=last)
+            return Staged(len(batch), score_out, eager=self.prepare(batch, score_out, score_windows))
         graph = self._graphs.get(shape) or self._capture(shape)
         graph.inputs.copy_(torch.from_numpy(_pack(batch, shape, self.query_tile)), non_blocking=True)
+        return Staged(len(batch), score_out, graph=graph)
+
+    def launch(self, staged: Staged) -> torch.Tensor:
+        """The device's part of a staged step: the model (its graph replayed, or eagerly) -> logits."""
+        if staged.graph is None:
+            input_ids, meta, last = staged.eager
+            return self.model(input_ids, meta, self.kv_store, logits_indices=last)
+        graph = staged.graph
         graph.graph.replay()
-        if score_out is not None:
-            for dst, src in zip(score_out, graph.scores):
-                dst.add_(src[:len(batch), :, :dst.shape[2]])
-        return graph.logits[:len(batch)].clone()  # the next replay overwrites graph.logits
+        if staged.score_out is not None:
+            for dst, src in zip(staged.score_out, graph.scores):
+                dst.add_(src[:staged.rows, :, :dst.shape[2]])
+        return graph.logits[:staged.rows].clone()  # the next replay overwrites graph.logits
 
     def prepare_graph(self, batch: list[StepInput], score_out=None, score_windows=None) -> bool:
         """Capture now the graph `run` would replay for this step, if any and not captured yet (a
@@ -297,6 +311,15 @@ class ModelRunner:
         self._graphs[shape] = captured
         self.captures += 1
         return captured
+
+
+@dataclass
+class Staged:
+    """A step whose inputs are on the device (ModelRunner.stage), ready to launch."""
+    rows: int
+    score_out: list[torch.Tensor] | None
+    graph: "_StepGraph | None" = None
+    eager: tuple | None = None  # (input_ids, metadata, logits rows) of a step without a graph
 
 
 @dataclass

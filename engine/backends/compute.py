@@ -1,6 +1,11 @@
 """The compute backend: the real model runs every step on the paged cache.
 
-On a GPU the step duration is measured with CUDA events; on the CPU the model runs for its
+On a GPU the step duration is measured with CUDA events, from the launch of the step's inputs,
+already on the device (ModelRunner.stage: packed and copied by the host), to its sampled tokens on
+the host. Host work is not simulated time: scheduling, eviction bookkeeping and input packing are
+left out alike, as in an engine that overlaps them with the previous step (vLLM's async scheduling);
+the packing sat inside the span until 2026-12-06, and a colder host in the serving loop made
+evicting policies' steps 7% slower than the profile's (bench/results/fidelity_h100.json). On the CPU the model runs for its
 tokens (correctness, quality) and the duration comes from the cost model, since CPU wall time
 says nothing about a GPU. The backend follows the contract in `analytic.py`; the KV manager's
 block ids index this backend's `PagedKVStore` directly.
@@ -75,9 +80,11 @@ class ComputeBackend(AnalyticBackend):
         if self.measure:
             # a CUDA graph this step needs is captured first, untimed (a server captures at startup)
             self.runner.prepare_graph(batch, score_out, windows)
+        staged = self.runner.stage(batch, score_out, windows)
+        if self.measure:
             begin, finish = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-        logits = self.runner.run(batch, score_out, windows)
+        logits = self.runner.launch(staged)
         tokens = sample(logits, self.sampling, self.generator).tolist()
         if self.measure:
             finish.record()

@@ -58,15 +58,15 @@ def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monke
     monkeypatch.setattr(fidelity, "warm_eager_steps", lambda *a: None)
     table = [5, 9]
 
-    def run(batch, score_out=None, score_windows=None):
-        return "logits"
+    def stage(batch, score_out=None, score_windows=None):
+        return "staged"
 
     def execute(scheduled, kv, swap_bytes=0):
-        backend.runner.run([StepInput([1], 40, [7], table, 41)])
+        backend.runner.stage([StepInput([1], 40, [7], table, 41)])
         table.append(len(table))  # the live table grows after the step, as a sequence's does
         return StepResult(1e-3)
 
-    backend = SimpleNamespace(runner=SimpleNamespace(run=run), execute=execute, shape=lambda *a: "shape")
+    backend = SimpleNamespace(runner=SimpleNamespace(stage=stage), execute=execute, shape=lambda *a: "shape")
     recorder = fidelity.StepRecorder((), keep_every=3)
     recorder.attach(SimpleNamespace(backend=backend))
     for _ in range(7):
@@ -74,4 +74,4 @@ def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monke
     assert sorted(recorder.kept) == [0, 3, 6] and len(recorder.records) == len(recorder.gaps) == 7
     assert [recorder.kept[i][0][0].block_table for i in (0, 3, 6)] == [[5, 9], [5, 9, 2, 3, 4], [5, 9, 2, 3, 4, 5, 6, 7]]
     assert recorder.gaps[0] == 0.0 and all(g >= 0 for g in recorder.gaps)
-    assert sorted(recorder.run_host) == list(range(7)) and all(t >= 0 for t in recorder.run_host.values())
+    assert sorted(recorder.stage_host) == list(range(7)) and all(t >= 0 for t in recorder.stage_host.values())

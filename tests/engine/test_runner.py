@@ -164,3 +164,33 @@ def test_fused_projection_weights_share_storage_and_survive_to():
     w64 = fused_weight([doubled.layers[0].self_attn.q_proj, doubled.layers[0].self_attn.k_proj,
                         doubled.layers[0].self_attn.v_proj])
     torch.testing.assert_close(w64, w.double())
+
+
+def test_staged_then_launched_step_equals_run_and_a_timed_step_stages_before_its_start():
+    """Compute mode stages a step's inputs (host) before its start event and times the launch:
+    stage + launch computes what run does, and Timer stages a TimedStep before each timed call."""
+    from engine.generate import SamplingParams
+    from engine.profile import TimedStep, Timer
+
+    gen = torch.Generator().manual_seed(1)
+    model, store, runner = _setup()
+    batch = _prefill_then_decode_batch(runner, gen)
+    before_k, before_v = store.k.clone(), store.v.clone()
+    expected = runner.run(batch)
+    store.k.copy_(before_k)
+    store.v.copy_(before_v)
+    staged = runner.stage(batch)
+    assert staged.graph is None and staged.rows == len(batch)  # the CPU runs eagerly
+    torch.testing.assert_close(runner.launch(staged), expected)
+
+    events = []
+    stage, launch = runner.stage, runner.launch
+    runner.stage = lambda *a: events.append("stage") or stage(*a)
+    runner.launch = lambda s: events.append("launch") or launch(s)
+    step = TimedStep(runner, batch, None, SamplingParams(), torch.Generator().manual_seed(0))
+    step()  # a warm-up call stages for itself
+    timer = Timer(torch.device("cpu"), warmup=0, reps=2)
+    watch_start = timer.watch.start
+    timer.watch.start = lambda busy=False: events.append("start") or watch_start(busy)
+    assert len(timer.times(step)) == 2
+    assert events == ["stage", "launch"] + ["stage", "start", "launch"] * 2
