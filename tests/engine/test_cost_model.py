@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from engine.calibrated import CalibratedCostModel, Correction, Curve
@@ -375,9 +376,40 @@ def random_shapes(seed: int, count: int) -> list[StepShape]:
             for c, chunks in random_compositions(grid, np.random.default_rng(seed), count)]
 
 
+def uniform_rows_off(monkeypatch):
+    """The fit without the decode grid's uniform rows: these tests' laws hold for the random steps alone
+    (test_uniform_grid_rows_keep_uniform_batches covers the rows)."""
+    fit = Correction.fit.__func__
+    monkeypatch.setattr(Correction, "fit", classmethod(lambda cls, m, t, s=None, u=None: fit(cls, m, t, s)))
+
+
+def test_uniform_grid_rows_keep_uniform_batches(tmp_path):
+    """Random decode steps 30% faster than the structural sum (a law fitted to heterogeneous batches),
+    uniform grid steps as measured: with the grid's rows in the fit, uniform batches stay nearer
+    their measured times than the random steps' law alone would put them."""
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
+    shapes = [s for s in random_shapes(seed=1, count=48) if not s.prefill_chunks]
+    rows = [(*step_row(s, 16, GRAPH["batch_buckets"], 16), 0.7 * structural.structural(s)) for s in shapes]
+    data["kv_dtypes"]["fp16"]["tables"]["random_steps"] = dict(zip(TABLES["random_steps"], map(list, zip(*rows))))
+    path = write_profile(tmp_path, data, name="fitted.json")
+    with_grid = cost_model_for(MODEL, H100, "fp16", profile=path)
+    grid = data["kv_dtypes"]["fp16"]["tables"]["decode_step"]
+    uniform = [(StepShape(b, b, b * c, num_decode_seqs=b, decode_max_context=c), t)
+               for b, c, t in zip(grid["batch"], grid["context"], grid["time_s"])]
+    alone = Correction.fit(with_grid, data["kv_dtypes"]["fp16"]["tables"]["random_steps"])
+    assert "decode" in with_grid.correction.weights and "decode" in alone.weights
+    err = lambda correction: np.mean([abs(correction.apply(with_grid, s, with_grid.structural(s)) / t - 1) for s, t in uniform])
+    assert err(alone) > 0.2 and err(with_grid.correction) < err(alone) - 0.05
+
+
 def test_random_steps_fit_recovers_a_linear_law(tmp_path, monkeypatch):
     from engine.profile_file import TABLES, step_row
 
+    uniform_rows_off(monkeypatch)
     data = profile_data()
     data["settings"] = {"graph": GRAPH}
     monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, data)))
@@ -399,6 +431,7 @@ def test_random_steps_fit_recovers_a_linear_law(tmp_path, monkeypatch):
 def test_a_correction_that_fits_noise_is_not_used(tmp_path, monkeypatch):
     """Times that follow the structural sum up to +-2% noise, except a few steps that a noisy GPU
     made 2-5x slower: a fitted law cannot beat the sum on the held-out rows, so none is used."""
+    uniform_rows_off(monkeypatch)
     import numpy as np
 
     from engine.profile_file import TABLES, step_row
@@ -454,6 +487,7 @@ def scored_law(cost, shape) -> float:
 
 
 def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monkeypatch):
+    uniform_rows_off(monkeypatch)
     from dataclasses import replace
 
     from engine.profile_file import TABLES, step_row
