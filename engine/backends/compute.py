@@ -5,7 +5,7 @@ already on the device (ModelRunner.stage: packed and copied by the host), to its
 the host. Host work is not simulated time: scheduling, eviction bookkeeping and input packing are
 left out alike, as in an engine that overlaps them with the previous step (vLLM's async scheduling);
 the packing sat inside the span until 2026-12-06, and a colder host in the serving loop made
-evicting policies' steps 7% slower than the profile's (bench/results/fidelity_h100.json). On the CPU the model runs for its
+evicting policies' steps 7% slower than the profile's (bench/results/fidelity_h100_run9.json). On the CPU the model runs for its
 tokens (correctness, quality) and the duration comes from the cost model, since CPU wall time
 says nothing about a GPU. The backend follows the contract in `analytic.py`; the KV manager's
 block ids index this backend's `PagedKVStore` directly.
