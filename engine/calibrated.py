@@ -149,7 +149,10 @@ def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) 
 
 class Correction:
     """time = w . features(step), fitted to the random_steps rows, one law a kind of step:
-      decode-only: structural, rows x width x block_size (the CUDA graph's padded batch and block
+      decode-only: structural, structural x uniformity (the batch's mean / longest context: 1 for a
+        uniform batch, whose structural sum is the measured grid, lower the more heterogeneous; with the
+        decode grid's uniform rows in the fit the law keeps them and still corrects mixed batches),
+        rows x width x block_size (the CUDA graph's padded batch and block
         table: the host packs that many ints, the decode kernel's split count follows from it),
         L * walk(w) (the longest sequence's walk; the structural sum takes the larger of it and the
         batch's bytes, a measured step pays some of both: its program may start late), 1
@@ -171,10 +174,11 @@ class Correction:
 
     MIN_ROWS_PER_FEATURE = 3
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "decode": ("structural", "padded_kv_tokens", "longest_walk_s", "constant_s"),
+        "decode": ("structural", "structural_x_uniformity", "padded_kv_tokens", "longest_walk_s", "constant_s"),
         "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "longest_walk_s",
                     "constant_s"),
-        "decode_scored": ("structural", "padded_kv_tokens", "longest_walk_s", "context_tokens", "constant_s"),
+        "decode_scored": ("structural", "structural_x_uniformity", "padded_kv_tokens", "longest_walk_s", "context_tokens",
+                          "constant_s"),
         "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", "longest_walk_s",
                            "causal_pairs", "constant_s")}
 
@@ -199,7 +203,9 @@ class Correction:
         if s.prefill_chunks:
             out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, walk]
             return out + [s.prefill_attn_pairs] * s.scored + [1.0]
-        return [structural, rows * width * model.block_size, walk] + [s.decode_context_tokens] * s.scored + [1.0]
+        uniform = s.decode_context_tokens / (b * s.decode_max_context) if b and s.decode_max_context else 1.0
+        return ([structural, structural * uniform, rows * width * model.block_size, walk]
+                + [s.decode_context_tokens] * s.scored + [1.0])
 
     @staticmethod
     def key(s: StepShape) -> tuple:
