@@ -5,7 +5,9 @@ calibrated profile of this GPU), for fp16 and INT8 KV and the full, StreamingLLM
 
     python bench/fidelity.py [--requests 500] [--offset 0] [--rate-scale 40] [--profile PATH] [--budget-s 330]
     python bench/fidelity.py --smoke     # on the CPU: random weights, a handful of requests
-    python bench/fidelity.py --rescore bench/results/fidelity_h100.json   # on the CPU, see below
+    python bench/fidelity.py --rescore bench/results/fidelity_h100.json \
+        --trace ../shared/traces/AzureLLMInferenceTrace_conv.csv          # on the CPU, see below
+    # fresh rows past the shipped 2,000: --trace the full conv trace (carry it to the GPU), --offset 3500
 
 Per step: every compute step's own composition (each decode sequence's context, each prefill
 chunk) predicted by the calibrated cost model against its measured time: median and p95 of
@@ -24,7 +26,11 @@ separates the cost model's own error from the serving loop's effect on a step.
 model as it is now, against the compute run recorded in FILE and its steps file: how a change to
 the cost model moves the errors, without a GPU. Its output says it is a rescore. --offset picks
 the slice of the trace (rows offset .. offset + requests): a cost model designed while looking at
-one slice's steps is scored on another. --sensitivity D adds analytic runs with every step
+one slice's steps is scored on another; --trace names the trace file (the rescore needs the one
+the run replayed). With --in-place N, every Nth step is kept with its own inputs and timed again
+on the run's own tables after the run (back to back, as the profile times): in run vs in place
+says what the serving loop does to a step (since steps are timed from the launch of their staged
+inputs, about nothing: -3..+3% median, H100 2026-12-06). --sensitivity D adds analytic runs with every step
 (1 - D) and (1 + D) times as long: how much each end-to-end metric moves for a uniform step error
 of D (near saturation, TTFT moves several times more than the steps).
 """

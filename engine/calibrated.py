@@ -153,7 +153,8 @@ class Correction:
         uniform batch, whose structural sum is the measured grid, lower the more heterogeneous; with the
         decode grid's uniform rows in the fit the law keeps them and still corrects mixed batches),
         rows x width x block_size (the CUDA graph's padded batch and block
-        table: the host packs that many ints, the decode kernel's split count follows from it),
+        table: the decode kernel's split count follows from it; the host's packing of it is no longer
+        inside a step's time),
         L * walk(w) (the longest sequence's walk; the structural sum takes the larger of it and the
         batch's bytes, a measured step pays some of both: its program may start late), 1
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
