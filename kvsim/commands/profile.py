@@ -154,11 +154,20 @@ def run(config: Config, argv: list[str]) -> int:
     write()
     from engine.profile_file import load_profile
 
+    from engine.calibrated import consistency
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+
     done = load_profile(out)
     for kv in config.kv_dtypes:
         missing = done.missing(kv)
         state = f"lacks {', '.join(missing)}: the roofline stays in use" if missing else "calibrated"
         log(f"{kv}: {state}")
+        if not missing:
+            checks, warnings = consistency(cost_model_for(cfg, get_gpu(gpu), kv, profile=out))
+            log(f"  {checks}")
+            for warning in warnings:
+                log(f"  warning: {warning}")
     print(f"wrote {out} in {time.perf_counter() - start:.0f} s; to ship it, copy it to engine/profiles/ "
           f"(or name it in $KVSIM_PROFILES)")
     return 0

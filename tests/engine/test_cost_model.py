@@ -589,3 +589,25 @@ def test_a_spike_in_a_grid_table_is_left_out_and_named(tmp_path):
     assert spiky.step_time(near) == pytest.approx(decode_step(8, 256) + (decode_step(8, 1024) - decode_step(8, 256))
                                                   * (500 - 256) / (1024 - 256), rel=1e-9)
     assert clean.step_time(near) == pytest.approx(decode_step(8, 500), rel=1e-9)
+
+
+def test_profile_consistency_warns_when_whole_steps_disagree_with_the_grid(tmp_path):
+    """`kvsim profile` reports the held-out errors; random steps 20% off the structural sum built from
+    the same profile's grid (a busy GPU or a slow host) draw a warning, steps that follow it do not."""
+    from engine.calibrated import consistency
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
+    rng = np.random.default_rng(4)
+    for name, scale in (("off.json", lambda: rng.choice([0.75, 1.25])), ("on.json", lambda: 1 + rng.uniform(-0.01, 0.01))):
+        rows = [(*step_row(s, 16, GRAPH["batch_buckets"], 16), scale() * structural.structural(s))
+                for s in random_shapes(seed=1, count=48)]
+        data["kv_dtypes"]["fp16"]["tables"]["random_steps"] = dict(zip(TABLES["random_steps"], map(list, zip(*rows))))
+        line, warnings = consistency(cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name=name)))
+        assert line.startswith("held-out random steps") and "decode" in line and "prefill" in line
+        if name == "off.json":
+            assert len(warnings) == 2 and all("measure again" in w for w in warnings)
+        else:
+            assert warnings == []
