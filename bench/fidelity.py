@@ -116,6 +116,14 @@ def replay_inputs(shape) -> tuple[list[int], list[int]]:
     return [c + n for c, n in chunks] + contexts, [n for _, n in chunks] + [1] * b
 
 
+def by_kind(rows):
+    """(kind, rows of it) for all steps, decode-only and mixed, where any; a row's first field is its kind."""
+    for kind in ("all", "decode", "mixed"):
+        sel = [r for r in rows if kind in ("all", r[0])]
+        if sel:
+            yield kind, sel
+
+
 def deciles(x) -> dict:
     """Median, 10th and 90th percentile of relative differences."""
     return {"median": float(np.median(x)), "p10": float(np.percentile(x, 10)), "p90": float(np.percentile(x, 90))}
@@ -147,10 +155,7 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
         idle = float(np.median(timer.times(step, idle_s=gap))) if gap else float(np.median(times))
         rows.append((step_kind(shape), in_situ, float(np.median(times)), times, cost.step_time(shape), idle, gap))
     out = {"steps": len(rows), "reps": reps}
-    for kind in ("all", "decode", "mixed"):
-        sel = [r for r in rows if kind in ("all", r[0])]
-        if not sel:
-            continue
+    for kind, sel in by_kind(rows):
         situ = np.array([r[1] / r[2] - 1 for r in sel])  # in the run vs standalone
         idle = np.array([r[1] / r[5] - 1 for r in sel])  # in the run vs standalone after the run's idle
         spread = np.array([t / r[2] - 1 for r in sel for t in r[3]])
@@ -191,12 +196,10 @@ def replay_in_place(recorder: StepRecorder, reps: int) -> dict:
         rows.append((step_kind(shape), in_situ / measured - 1, recorder.stage_host.get(index, float("nan")),
                      float(np.median(host))))
     out = {"steps": len(rows), "reps": reps}
-    for kind in ("all", "decode", "mixed"):
-        sel = [r for r in rows if kind in ("all", r[0])]
-        if sel:
-            out[kind] = {"steps": len(sel), "in_run_vs_in_place": deciles([r[1] for r in sel]),
-                         "stage_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
-                                           "in_place": float(np.median([r[3] for r in sel]) * 1e3)}}
+    for kind, sel in by_kind(rows):
+        out[kind] = {"steps": len(sel), "in_run_vs_in_place": deciles([r[1] for r in sel]),
+                     "stage_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
+                                       "in_place": float(np.median([r[3] for r in sel]) * 1e3)}}
     return out
 
 
@@ -494,6 +497,7 @@ def print_row(r: dict) -> None:
         if k and "in_run_vs_standalone_after_idle" in k:
             print(f"      replay {kind:6s} after the run's idle GPU (median {k['idle_ms_median']:.2f} ms): in run / "
                   f"standalone - 1 {spread(k['in_run_vs_standalone_after_idle'])}")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -201,8 +201,8 @@ class Correction:
     @staticmethod
     def features(model: CalibratedCostModel, s: StepShape, structural: float) -> list[float]:
         b = s.num_decode_seqs
-        rows, width = model.graph_table(s)
-        walk = model.layers * model.walk_time(s)
+        rows, width = table = model.graph_table(s)
+        walk = model.layers * model.walk_time(s, model.decode_launch(s, table))
         if s.prefill_chunks:
             out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, walk]
             return out + [s.prefill_attn_pairs] * s.scored + [1.0]
@@ -225,22 +225,20 @@ class Correction:
         walk: uniform batches of 128-256 rows came out 15-30% fast, an H100 profile of 2026-12-06)."""
         rows = {kind: ([], []) for kind in cls.NAMES}
         shapes = []
+
+        def add(shape: StepShape, seconds: float) -> None:
+            x, y = rows[cls.kind(shape)]
+            x.append(cls.features(model, shape, model.structural(shape)))
+            y.append(seconds)
+            shapes.append(shape)
+
         if uniform and uniform.get("time_s"):
             for b, c, seconds in zip(uniform["batch"], uniform["context"], uniform["time_s"]):
-                shape = StepShape(b, b, b * c, num_decode_seqs=b, decode_max_context=c)
-                x, y = rows["decode"]
-                x.append(cls.features(model, shape, model.structural(shape)))
-                y.append(seconds)
-                shapes.append(shape)
+                add(StepShape(b, b, b * c, num_decode_seqs=b, decode_max_context=c), seconds)
         for t, scored in ((table, False), (scored_table, True)):
-            if not t or not t["time_s"]:
-                continue
-            for values in zip(*t.values()):
-                shape = row_shape(dict(zip(t, values)), scored)
-                x, y = rows[cls.kind(shape)]
-                x.append(cls.features(model, shape, model.structural(shape)))
-                y.append(values[-1])
-                shapes.append(shape)
+            if t and t["time_s"]:
+                for values in zip(*t.values()):
+                    add(row_shape(dict(zip(t, values)), scored), values[-1])
         weights, checks = {}, {}
         for kind, (x, y) in rows.items():
             names = cls.NAMES[kind]
@@ -362,11 +360,12 @@ class CalibratedCostModel:
         hkv, head_dim, kv_bytes, sms = self.kernel
         return decode_walk(rows, hkv, width * self.block_size, longest, head_dim, kv_bytes, sms)
 
-    def walk_time(self, s: StepShape) -> float:
-        """One layer's walk of the step's longest decode sequence (0 without decode rows or a skew table)."""
+    def walk_time(self, s: StepShape, launch: tuple[int, int] | None = None) -> float:
+        """One layer's walk of the step's longest decode sequence (0 without decode rows or a skew
+        table); launch: the step's decode_launch, if already known."""
         if not s.num_decode_seqs or self.walk is None:
             return 0.0
-        return self.walk(self.kernel_walk(*self.decode_launch(s), s.decode_max_context))
+        return self.walk(self.kernel_walk(*(launch or self.decode_launch(s)), s.decode_max_context))
 
     def _skew(self, b: int, mean: float, longest: int, launch: tuple[int, int]) -> float:
         """What one layer's decode kernel takes beyond the uniform batch when its longest sequence's
@@ -375,11 +374,12 @@ class CalibratedCostModel:
             return 0.0
         return max(0.0, self.walk(self.kernel_walk(*launch, longest)) - self.attn(b, mean))
 
-    def decode_launch(self, s: StepShape) -> tuple[int, int]:
+    def decode_launch(self, s: StepShape, table: tuple[int, int] | None = None) -> tuple[int, int]:
         """(rows, block-table width) the decode kernel runs with in this step: a decode step's
         graph; in a step with prefill, the leading rows of its graph that can hold one-token
-        sequences (engine/runner.py, Shape.decode_rows) and the step's table."""
-        rows, width = self.graph_table(s)
+        sequences (engine/runner.py, Shape.decode_rows) and the step's table. table: the step's
+        graph_table, if already known."""
+        rows, width = table or self.graph_table(s)
         if s.prefill_chunks:
             rows = min(rows, self.graph_tokens(s.num_tokens, len(s.prefill_chunks) + s.num_decode_seqs))
         return rows, width

@@ -152,11 +152,10 @@ def run(config: Config, argv: list[str]) -> int:
     with torch.inference_mode():
         profile["memory"] = measure_memory(device, Timer(device, grid.warmup, grid.reps))
     write()
-    from engine.profile_file import load_profile
-
     from engine.calibrated import consistency
     from engine.cost_model import cost_model_for
     from engine.gpus import get_gpu
+    from engine.profile_file import load_profile
 
     done = load_profile(out)
     for kv in config.kv_dtypes:
