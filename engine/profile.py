@@ -69,7 +69,7 @@ class ProfileGrid:
     prefill_cached: tuple[int, ...] = (0, 1024, 4096)
     warmup: int = 2
     reps: int = 5
-    random_steps: int = 240  # whole steps of random compositions, of each kind (decode-only, with prefill)
+    random_steps: int = 400  # whole steps of random compositions, of each kind (decode-only, with prefill)
     scored_steps: int = 80  # the same keeping attention scores (H2O's steps), of each kind
     step_tokens: int = 2048  # the most tokens a random step feeds (the scheduler's max_num_batched_tokens)
 
@@ -99,33 +99,83 @@ RANDOM_STEP_REPS = 3  # a random step is one fitting row among hundreds: fewer r
 
 def random_compositions(grid: ProfileGrid, rng: np.random.Generator, count: int, min_context: int = 16):
     """count decode-only and count prefill compositions, alternating (a budget cut keeps both kinds):
-    [(decode contexts [B], chunks ((cached, new), ...))]. As serving's: the batch log-uniform in
-    [1, max batch]; each sequence's context drawn on its own, lognormal about a median that is itself
-    log-uniform (heterogeneous, heavy-tailed), up to the longest grid context; with prefill, 1-6 chunks
-    of log-uniform new tokens (half after a log-uniform cached prefix), a quarter without decode rows,
-    all within grid.step_tokens."""
-    log_uniform = lambda lo, hi: round(math.exp(rng.uniform(math.log(lo), math.log(max(lo, hi)))))
-    top_context, top_batch = max(grid.contexts), max(grid.batches)
-    low = min(min_context, top_context)
-
-    def contexts(b: int) -> list[int]:
-        median = log_uniform(min(64, top_context), max(low, top_context // 4))
-        return np.clip(np.round(median * rng.lognormal(0.0, 0.8, b)), low, top_context).astype(int).tolist()
-
+    [(decode contexts [B], chunks ((cached, new), ...))]. Two families, two of each in turn (so the
+    fit's even rows and its held-out odd rows hold both):
+    - broad: the batch log-uniform in [1, max batch]; each sequence's context drawn on its own,
+      lognormal about a median that is itself log-uniform (heterogeneous, heavy-tailed), up to the
+      longest grid context; with prefill, 1-6 chunks of log-uniform new tokens (half after a
+      log-uniform cached prefix), a quarter without decode rows, all within grid.step_tokens;
+    - serving: what a loaded chunked-prefill scheduler runs (serving_composition)."""
+    broad = lambda with_prefill: broad_composition(grid, rng, with_prefill, min_context)
+    serving = lambda with_prefill: serving_composition(grid, rng, with_prefill, min_context)
     out = []
-    for _ in range(count):
-        out.append((contexts(log_uniform(1, top_batch)), ()))
-        b = 0 if rng.random() < 0.25 else log_uniform(1, min(top_batch, grid.step_tokens // 2))
-        chunks, room = [], grid.step_tokens - b
-        for _ in range(int(rng.integers(1, 7))):
-            if room < 1:
-                break
-            n = min(room, log_uniform(min(16, max(grid.prefill_tokens)), max(grid.prefill_tokens)))
-            cached = log_uniform(16, max(grid.prefill_cached)) if max(grid.prefill_cached) and rng.random() < 0.5 else 0
-            chunks.append((cached, n))
-            room -= n
-        out.append((contexts(b) if b else [], tuple(chunks)))
+    for i in range(count):
+        draw = serving if (i // 2) % 2 else broad
+        out += [draw(False), draw(True)]
     return out
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> int:
+    return round(math.exp(rng.uniform(math.log(lo), math.log(max(lo, hi)))))
+
+
+def _contexts(grid: ProfileGrid, rng: np.random.Generator, b: int, median_range: tuple, sigma: float,
+              min_context: int) -> list[int]:
+    """b contexts, lognormal(sigma) about a median log-uniform in median_range, within the grid."""
+    top = max(grid.contexts)
+    low = min(min_context, top)
+    median = _log_uniform(rng, min(median_range[0], top), max(low, min(median_range[1], top)))
+    return np.clip(np.round(median * rng.lognormal(0.0, sigma, b)), low, top).astype(int).tolist()
+
+
+def broad_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefill: bool, min_context: int = 16):
+    """One composition of random_compositions' broad family."""
+    top_context, top_batch = max(grid.contexts), max(grid.batches)
+    contexts = lambda b: _contexts(grid, rng, b, (64, top_context // 4), 0.8, min_context)
+    if not with_prefill:
+        return contexts(_log_uniform(rng, 1, top_batch)), ()
+    b = 0 if rng.random() < 0.25 else _log_uniform(rng, 1, min(top_batch, grid.step_tokens // 2))
+    chunks, room = [], grid.step_tokens - b
+    for _ in range(int(rng.integers(1, 7))):
+        if room < 1:
+            break
+        n = min(room, _log_uniform(rng, min(16, max(grid.prefill_tokens)), max(grid.prefill_tokens)))
+        cached = _log_uniform(rng, 16, max(grid.prefill_cached)) if max(grid.prefill_cached) and rng.random() < 0.5 else 0
+        chunks.append((cached, n))
+        room -= n
+    return (contexts(b) if b else []), tuple(chunks)
+
+
+def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefill: bool, min_context: int = 16):
+    """One step of a loaded server (a chunked-prefill scheduler at its token budget): many decode
+    rows (log-uniform in [max batch / 4, max batch]), their contexts lognormal (sigma 0.3-1.0) about
+    a median log-uniform in [128, longest / 4], and in half the steps 1-3 of them long (log-uniform
+    in [longest / 4, longest]: the long conversations a trace's tail brings). With prefill, 1-3
+    chunks: the first half the time the rest of a prompt already partly prefilled (a log-uniform
+    cached prefix), the others new prompts, the last taking what the token budget leaves (three
+    steps in four; otherwise the queue ran dry and it is its own size)."""
+    top_context, top_batch = max(grid.contexts), max(grid.batches)
+    b = _log_uniform(rng, max(1, top_batch // 4), top_batch)
+    if with_prefill:
+        b = min(b, grid.step_tokens // 2)
+    contexts = _contexts(grid, rng, b, (128, top_context // 4), rng.uniform(0.3, 1.0), min_context)
+    if rng.random() < 0.5:
+        for i in rng.choice(b, size=min(b, int(rng.integers(1, 4))), replace=False):
+            contexts[i] = _log_uniform(rng, max(1, top_context // 4), top_context)
+    if not with_prefill:
+        return contexts, ()
+    room, top_tokens, top_cached = grid.step_tokens - b, max(grid.prefill_tokens), max(grid.prefill_cached)
+    chunks, count, fill = [], int(rng.integers(1, 4)), rng.random() < 0.75
+    for i in range(count):
+        if room < 1:
+            break
+        n = min(room, _log_uniform(rng, min(16, top_tokens), top_tokens))
+        if fill and i == count - 1:
+            n = room
+        cached = _log_uniform(rng, 16, top_cached) if i == 0 and top_cached and rng.random() < 0.5 else 0
+        chunks.append((cached, n))
+        room -= n
+    return contexts, tuple(chunks)
 
 
 class Stopwatch:

@@ -224,7 +224,8 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                          "op_timing": "a CUDA graph of calls, its start event after a GPU spin (launch excluded)"
                          if cuda else "perf_counter",
                          "random_steps": {"per_kind": grid.random_steps, "reps": min(grid.reps, RANDOM_STEP_REPS), "seed": 0,
-                                          "step_tokens": grid.step_tokens},
+                                          "step_tokens": grid.step_tokens,
+                                          "families": "broad and serving, two of each in turn (engine/profile.py)"},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
                          "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
                          "graph": graph_settings(device),
