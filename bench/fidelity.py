@@ -32,7 +32,10 @@ on the run's own tables after the run (back to back, as the profile times): in r
 says what the serving loop does to a step (since steps are timed from the launch of their staged
 inputs, about nothing: -3..+3% median, H100 2026-12-06). --sensitivity D adds analytic runs with every step
 (1 - D) and (1 + D) times as long: how much each end-to-end metric moves for a uniform step error
-of D (near saturation, TTFT moves several times more than the steps).
+of D (near saturation, TTFT moves several times more than the steps). Two floors under the analytic
+side's end-to-end error: --repeat N runs each compute configuration N times more (how far the GPU's
+own runs of the same slice differ), --jitter S runs the analytic side with each step times
+(1 + S N(0,1)), seeded (how far step-to-step noise of S alone moves each metric; CPU, rescore too).
 """
 
 from __future__ import annotations
@@ -328,6 +331,9 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
     gaps = np.array(recorder.gaps[1:] or [0.0]) * 1e3
     measured["host_gap_ms"] = {"median": float(np.median(gaps)), "p90": float(np.percentile(gaps, 90))}
     row = score(args, kv, policy, trace, gpu, measured, recorder.records)
+    if args.repeat:
+        again = [run_point(make_point(args, kv, policy, trace, gpu, "compute")).summary for _ in range(args.repeat)]
+        row["compute_repeat"] = {k: [r[k] / measured["summary"][k] - 1 for r in again] for k in E2E}
     if args.replay:
         row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
                                3 if args.smoke else 5, recorder.gaps)
@@ -351,11 +357,20 @@ def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, rec
 
     analytic = run_point(make_point(args, kv, policy, trace, gpu, "analytic"))
     cost = analytic_cost(args, gpu, kv)
-    sensitivity = {}
+    again = lambda: run_point(make_point(args, kv, policy, trace, gpu, "analytic")).summary
+    sensitivity, jitter = {}, {}
     for factor in (1 - args.sensitivity, 1 + args.sensitivity) if args.sensitivity else ():
-        with scaled_steps(factor):
-            moved = run_point(make_point(args, kv, policy, trace, gpu, "analytic")).summary
-        sensitivity[f"{factor:g}"] = {k: moved[k] / analytic.summary[k] - 1 for k in E2E}
+        with scaled_steps(lambda f=factor: f):
+            summary = again()
+        sensitivity[f"{factor:g}"] = {k: summary[k] / analytic.summary[k] - 1 for k in E2E}
+    if args.jitter:
+        runs = []
+        for seed in range(args.jitter_seeds):
+            rng = np.random.default_rng(seed)
+            with scaled_steps(lambda: 1 + args.jitter * rng.standard_normal()):
+                runs.append(again())
+        jitter = {"sigma": args.jitter, "seeds": args.jitter_seeds,
+                  "rel": {k: [r[k] / analytic.summary[k] - 1 for r in runs] for k in E2E}}
     compute = measured["summary"]
     e2e = {k: {"compute": compute[k], "analytic": analytic.summary[k],
                "rel_error": analytic.summary[k] / compute[k] - 1} for k in E2E}
@@ -368,18 +383,20 @@ def score(args, kv: str, policy: str, trace: Path, gpu: str, measured: dict, rec
             "batch_size_median": measured["batch_size_median"], "batch_size_max": measured["batch_size_max"],
             "step_error": step_errors(records, cost), "e2e": e2e, "measured": measured,
             **({"e2e_sensitivity": sensitivity} if sensitivity else {}),
+            **({"e2e_jitter": jitter} if jitter else {}),
             "wall_s": {"compute": measured["wall_s"], "analytic": analytic.summary["wall_time_s"]}}
 
 
 @contextlib.contextmanager
-def scaled_steps(factor: float):
-    """Every analytic step takes `factor` times its cost model's time (for --sensitivity)."""
+def scaled_steps(factor):
+    """Every analytic step takes factor() times its cost model's time (--sensitivity: a constant;
+    --jitter: seeded noise, one draw a step)."""
     from engine.calibrated import CalibratedCostModel
     from engine.cost_model import CostModel
 
     saved = {cls: cls.step_time for cls in (CalibratedCostModel, CostModel)}
     for cls, step_time in saved.items():
-        cls.step_time = lambda self, s, _f=step_time: factor * _f(self, s)
+        cls.step_time = lambda self, s, _f=step_time: factor() * _f(self, s)
     try:
         yield
     finally:
@@ -476,6 +493,13 @@ def print_row(r: dict) -> None:
     print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
     for factor, moved in r.get("e2e_sensitivity", {}).items():
         print(f"      every step x{factor}: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in moved.items()))
+    widest = lambda runs: ", ".join(f"{k} {100 * max(v, key=abs):+.1f}%" for k, v in runs.items())
+    if "compute_repeat" in r:
+        print(f"      compute run again ({len(r['compute_repeat'][E2E[0]])}x), widest vs the first: "
+              + widest(r["compute_repeat"]))
+    if "e2e_jitter" in r:
+        j = r["e2e_jitter"]
+        print(f"      analytic with each step x(1 + {j['sigma']:g} N(0,1)) ({j['seeds']} seeds), widest: " + widest(j["rel"]))
     gap = r["measured"].get("host_gap_ms")
     if gap:
         print(f"      host time between steps (GPU idle): median {gap['median']:.2f} ms, p90 {gap['p90']:.2f} ms")
@@ -523,6 +547,13 @@ def main() -> None:
                         help="steps of each run timed again standalone (diagnostic: rep spread, in-run vs standalone); 0: none")
     parser.add_argument("--in-place", type=int, default=25,
                         help="every this many steps, time the step again on the run's own tables (diagnostic); 0: none")
+    parser.add_argument("--repeat", type=int, default=0,
+                        help="run each compute configuration this many times more: how far the measured end-to-end "
+                             "metrics move between two runs of the same slice (the floor under the analytic error)")
+    parser.add_argument("--jitter", type=float, default=0.0,
+                        help="also run the analytic side with each step times (1 + this x N(0,1)), seeded: how far "
+                             "step-to-step noise alone moves each end-to-end metric (e.g. 0.01)")
+    parser.add_argument("--jitter-seeds", type=int, default=5, help="seeds of --jitter (0, 1, ...)")
     parser.add_argument("--smoke", action="store_true", help="CPU, random weights, 8 short requests")
     parser.add_argument("--rescore", default=None, help="a fidelity JSON: replay its analytic side again (CPU)")
     parser.add_argument("--sensitivity", type=float, default=0.0,

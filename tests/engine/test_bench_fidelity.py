@@ -75,3 +75,29 @@ def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monke
     assert [recorder.kept[i][0][0].block_table for i in (0, 3, 6)] == [[5, 9], [5, 9, 2, 3, 4], [5, 9, 2, 3, 4, 5, 6, 7]]
     assert recorder.gaps[0] == 0.0 and all(g >= 0 for g in recorder.gaps)
     assert sorted(recorder.stage_host) == list(range(7)) and all(t >= 0 for t in recorder.stage_host.values())
+
+
+def test_scaled_steps_scale_each_step_by_its_own_draw_and_restore():
+    """--sensitivity scales every step by a constant, --jitter by one seeded draw a step: the same
+    seed gives the same times, and the cost model is itself again afterwards."""
+    import numpy as np
+
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+    from kvsim.simulate import model_config
+
+    cost = cost_model_for(model_config("smollm2-135m"), get_gpu("h100"), "fp16")
+    shape = composition([5000, 2000], 4, ((0, 300),))
+    base = cost.step_time(shape)
+    with fidelity.scaled_steps(lambda: 1.5):
+        assert cost.step_time(shape) == pytest.approx(1.5 * base)
+
+    def jittered(seed: int) -> list[float]:
+        rng = np.random.default_rng(seed)
+        with fidelity.scaled_steps(lambda: 1 + 0.01 * rng.standard_normal()):
+            return [cost.step_time(shape) / base - 1 for _ in range(200)]
+
+    draws = jittered(0)
+    assert draws == jittered(0) and draws != jittered(1)
+    assert 0.007 < np.std(draws) < 0.013 and len(set(draws)) == 200
+    assert cost.step_time(shape) == base
