@@ -311,13 +311,14 @@ class StepBench:
         room = (torch.cuda.mem_get_info(self.device)[0] * STORE_MEMORY_FRACTION if self.device.type == "cuda"
                 else CPU_STORE_BYTES)
         self.num_blocks = max(1, min(want_blocks, int(room // block_bytes)))
-        self.block_size, self.cfg = block_size, cfg
+        self.block_size, self.cfg, self.kv_dtype = block_size, cfg, kv_dtype
         self.store = PagedKVStore(cfg.num_layers, self.num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim,
                                   dtype=kv_dtype, device=self.device)
         self.runner = ModelRunner(model, self.store)
         self.sampler = torch.Generator().manual_seed(0)
         self.ids = torch.Generator().manual_seed(1)
         self.scale = cfg.head_dim ** -0.5
+        self.pool: list[int] | None = None  # inputs()' blocks when none is given (scatter())
 
     def blocks(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
@@ -336,6 +337,7 @@ class StepBench:
         and the other rows keep their own tables (the runner pads them with zeros, as in serving;
         padding every row's list instead times host packing that serving does not pay)."""
         out, first, bs = [], 0, self.block_size
+        pool = self.pool if pool is None else pool
         for i, (length, n) in enumerate(zip(seq_lens, new)):
             count = self.blocks(length)
             table = list(range(first, first + count)) if pool is None else pool[first:first + count]
@@ -348,9 +350,19 @@ class StepBench:
             out.append(StepInput(ids, start, slots, table, length))
         return out
 
-    def scattered(self, seed: int) -> list[int]:
-        """Every block of the store in a seeded random order (a pool for inputs())."""
-        return torch.randperm(self.num_blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+    def scattered(self, seed: int, blocks: int | None = None) -> list[int]:
+        """The store's first `blocks` blocks (all: None) in a seeded random order, then the rest in
+        order (a pool for inputs())."""
+        k = self.num_blocks if blocks is None else max(1, min(blocks, self.num_blocks))
+        head = torch.randperm(k, generator=torch.Generator().manual_seed(seed)).tolist()
+        return head + list(range(k, self.num_blocks))
+
+    def scatter(self, gib: float, seed: int = 0) -> None:
+        """From now on inputs() takes its blocks from scattered(): the store's first `gib` GiB of
+        blocks in a seeded random order, as a serving engine's tables look once sequences of that
+        much KV memory came and went; 0: blocks in order."""
+        per_block = kv_bytes_per_block(self.cfg, self.kv_dtype, self.block_size)
+        self.pool = self.scattered(seed, int(gib * 2**30 // per_block)) if gib > 0 else None
 
     def step(self, batch: list[StepInput], scores: bool = False) -> TimedStep:
         """A whole step as compute mode runs it; scores: with the zeroed score buffers an eviction policy

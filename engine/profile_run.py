@@ -149,8 +149,11 @@ def _overhead(tables: dict, layers: int) -> dict:
     return out
 
 
-def measure_kv_dtype(model, kv_dtype: str, grid: ProfileGrid, block_size: int, deadline: float, log) -> dict:
-    """The profile's entry for one KV dtype: its tables, and what was skipped or failed."""
+def measure_kv_dtype(model, kv_dtype: str, grid: ProfileGrid, block_size: int, deadline: float, log,
+                     scatter_gib: float = 0.0) -> dict:
+    """The profile's entry for one KV dtype: its tables, and what was skipped or failed. scatter_gib:
+    every step's block tables taken from that much KV memory's blocks in a seeded random order
+    (StepBench.scatter; 0: in order)."""
     device = model.embed_tokens.weight.device
     timer = Timer(device, grid.warmup, grid.reps)
     blocks = lambda tokens: -(-tokens // block_size)
@@ -161,6 +164,7 @@ def measure_kv_dtype(model, kv_dtype: str, grid: ProfileGrid, block_size: int, d
                + max(grid.batches) * blocks(max(grid.contexts)))
     with torch.inference_mode():
         bench = StepBench(model, kv_dtype, block_size, want)
+        bench.scatter(scatter_gib)
         log(f"{kv_dtype}: KV store of {bench.num_blocks} blocks of {block_size} tokens, "
             f"model in {model.embed_tokens.weight.dtype}")
         sections = [_run_section(name, points, bench, deadline, log) for name, points in _sections(grid, bench, timer)]
@@ -211,7 +215,7 @@ def graph_settings(device: torch.device) -> dict:
 
 
 def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, grid: ProfileGrid,
-           quick: bool, budget_s: float, argv: list[str]) -> dict:
+           quick: bool, budget_s: float, argv: list[str], scatter_gib: float = 0.0) -> dict:
     cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}"
     return {"format": FORMAT, "version": VERSION, "gpu": gpu, "device_name": name,
@@ -228,6 +232,8 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                                           "families": "broad and serving, two of each in turn (engine/profile.py)"},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
                          "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
+                         "block_tables": (f"scattered: the first {scatter_gib:g} GiB of blocks in a seeded random order "
+                                          "(seed 0)" if scatter_gib > 0 else "contiguous"),
                          "graph": graph_settings(device),
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}

@@ -38,6 +38,9 @@ class Config:
     gpu: str | None = opt(None, "GPU preset the file is for (none: the GPU found; required with --allow-cpu)",
                           choices=tuple(GPUS))
     block_size: int = opt(16, "tokens per KV block (as the simulation's --block-size)")
+    scatter_gib: float = opt(0.0, "take every step's blocks from this much KV memory in a seeded random order, "
+                                  "as a serving engine's tables look after sequences came and went (0: in order)",
+                             metavar="GIB")
     batches: tuple[int, ...] | None = opt(None, _GRID + "decode batch sizes", metavar="N[,N]")
     contexts: tuple[int, ...] | None = opt(None, _GRID + "decode context lengths (tokens)", metavar="N[,N]")
     prefill_tokens: tuple[int, ...] | None = opt(None, _GRID + "prefill chunk sizes (tokens)", metavar="N[,N]")
@@ -56,6 +59,8 @@ class Config:
                               f"cost model's base), got {self.prefill_cached}")
         if self.warmup is not None and self.warmup < 0:
             raise ConfigError(f"--warmup: must be >= 0, got {self.warmup}")
+        if not self.scatter_gib >= 0:
+            raise ConfigError(f"--scatter-gib: must be >= 0, got {self.scatter_gib}")
         if not self.budget_s > 0:
             raise ConfigError(f"--budget-s: must be > 0, got {self.budget_s}")
 
@@ -127,7 +132,8 @@ def run(config: Config, argv: list[str]) -> int:
     cfg, grid = model_shape(config.model), grid_of(config)
     out = Path(config.out) if config.out else Path(f"{cfg.name}_{gpu}.json")
     log = lambda message: print(message, file=sys.stderr, flush=True)
-    profile = header(cfg, gpu, device, config.block_size, grid, config.quick, config.budget_s, argv)
+    profile = header(cfg, gpu, device, config.block_size, grid, config.quick, config.budget_s, argv,
+                     config.scatter_gib)
 
     def write() -> None:
         profile["settings"]["elapsed_s"] = round(time.perf_counter() - start, 1)
@@ -147,7 +153,8 @@ def run(config: Config, argv: list[str]) -> int:
                 torch.cuda.empty_cache()
             model, model_key = random_model(cfg, device=device, dtype=dtype), dtype
         share = start + config.budget_s * i / len(config.kv_dtypes)  # what one dtype leaves, the next may use
-        profile["kv_dtypes"][kv] = measure_kv_dtype(model, kv, grid, config.block_size, share, log)
+        profile["kv_dtypes"][kv] = measure_kv_dtype(model, kv, grid, config.block_size, share, log,
+                                                     config.scatter_gib)
         write()
     with torch.inference_mode():
         profile["memory"] = measure_memory(device, Timer(device, grid.warmup, grid.reps))

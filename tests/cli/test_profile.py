@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 @pytest.fixture(scope="module")
 def measured(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "tiny_h100.json"
-    done = kvsim("profile", "--model", tiny, "--kv-dtypes", "fp32,int8", *ARGS, "--out", out)
+    done = kvsim("profile", "--model", tiny, "--kv-dtypes", "fp32,int8", *ARGS, "--scatter-gib", "0.001", "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"wrote {out}" in done.stdout and "fp32: calibrated" in done.stderr
     return out
@@ -53,6 +53,7 @@ def test_file_records_device_versions_shape_and_grid(measured, tiny):
     assert data["device_name"].startswith("cpu") and data["versions"]["torch"] == torch.__version__
     assert data["model"] == {"name": "tiny", **{f: getattr(cfg, f) for f in SHAPE_FIELDS}}
     assert data["settings"]["grid"]["batches"] == [1, 2, 4] and data["memory"]["copy_bytes_per_s"] > 0
+    assert data["settings"]["block_tables"].startswith("scattered: the first 0.001 GiB")
     grid = ProfileGrid(**GRID)
     for kv in ("fp32", "int8"):
         tables = profile.tables(kv)

@@ -39,3 +39,25 @@ def test_scattered_pool_gives_each_row_distinct_blocks():
     tables = [s.block_table for s in batch]
     assert tables == [pool[0:3], pool[3:5], pool[5:8]]
     assert batch[1].slots == [pool[4] * 16 + 0]  # position 16 lives in the row's second block
+
+
+def test_scatter_takes_inputs_blocks_from_the_first_gib_in_seeded_order():
+    """kvsim profile --scatter-gib: every step's tables come from the first that many GiB of the
+    store's blocks in a seeded random order (the rest after them, in order); 0 puts them back in order."""
+    import torch
+    from engine.loader import load_model
+    from engine.profile import StepBench
+    from kvcache.sizing import kv_bytes_per_block
+    model = load_model("smollm2-135m", device=torch.device("cpu"), dtype=torch.float32, random_weights=True).model
+    bench = StepBench(model, "int8", 16, want_blocks=64)
+    per_block = kv_bytes_per_block(model.config, "int8", 16)
+    bench.scatter(20 * per_block / 2**30, seed=3)
+    assert sorted(bench.pool[:20]) == list(range(20)) and bench.pool[:20] != list(range(20))
+    assert bench.pool[20:] == list(range(20, bench.num_blocks))
+    tables = [s.block_table for s in bench.inputs([40, 17], [1, 1])]
+    assert tables == [bench.pool[0:3], bench.pool[3:5]]
+    again = StepBench(model, "int8", 16, want_blocks=64)
+    again.scatter(20 * per_block / 2**30, seed=3)
+    assert again.pool == bench.pool
+    bench.scatter(0)
+    assert [s.block_table for s in bench.inputs([40, 17], [1, 1])] == [[0, 1, 2], [3, 4]]
