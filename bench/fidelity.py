@@ -263,10 +263,32 @@ def step_errors(records, cost) -> dict:
         if len(r):
             out[kind] = {"steps": len(r), "abs_median": float(np.median(abs(r))),
                          "abs_p95": float(np.percentile(abs(r), 95)), "signed_median": float(np.median(r))}
+    out["first_of_graph"] = first_of_graph(scored, rel, cost)
     out["worst"] = [describe(*scored[i], float(rel[i])) for i in np.argsort(-abs(rel))[:10]]  # where it misses
     measured = sum(m for _, m in records)
     out["total_time_rel_error"] = float(sum(cost.step_time(s) for s, _ in records) / measured - 1) if measured else None
     return out
+
+
+def first_of_graph(scored, rel, cost) -> dict | None:
+    """The error of each CUDA graph's first step in the run against the others' (the first launch
+    of a graph used to upload it inside the timed step), and what the first steps took beyond the
+    model in all (None for a cost model that knows no graphs)."""
+    if not hasattr(cost, "graph_table"):
+        return None
+    seen, first = set(), []
+    for i, (shape, _) in enumerate(scored):
+        seqs = shape.num_decode_seqs + len(shape.prefill_chunks)
+        key = (cost.graph_table(shape), cost.graph_tokens(shape.num_tokens, seqs) if shape.prefill_chunks else 0)
+        if key not in seen:
+            seen.add(key)
+            first.append(i)
+    rest = np.ones(len(rel), bool)
+    rest[first] = False
+    excess = sum(measured - cost.step_time(shape) for shape, measured in (scored[i] for i in first))
+    return {"graphs": len(first), "first_signed_median": float(np.median(rel[first])) if first else None,
+            "others_signed_median": float(np.median(rel[rest])) if rest.any() else None,
+            "first_excess_ms": 1e3 * excess}
 
 
 def describe(shape, measured_s: float, rel_error: float) -> dict:
@@ -490,6 +512,11 @@ def print_row(r: dict) -> None:
         if k:
             print(f"      {kind:8s} {k['steps']:5d} steps: |err| median {100 * k['abs_median']:5.1f}%, "
                   f"p95 {100 * k['abs_p95']:5.1f}%, signed median {100 * k['signed_median']:+5.1f}%")
+    first = r["step_error"].get("first_of_graph")
+    if first and first["first_signed_median"] is not None:
+        others = first["others_signed_median"]
+        print(f"      first step of each of {first['graphs']} graphs: signed median {100 * first['first_signed_median']:+.1f}% "
+              f"(others {100 * (others or 0):+.1f}%), {first['first_excess_ms']:.1f} ms over the model in all")
     print(f"      fit rows: {r['step_error']['fit_rows']}; correction {r['step_error']['correction']}")
     for factor, moved in r.get("e2e_sensitivity", {}).items():
         print(f"      every step x{factor}: " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in moved.items()))

@@ -101,3 +101,26 @@ def test_scaled_steps_scale_each_step_by_its_own_draw_and_restore():
     assert draws == jittered(0) and draws != jittered(1)
     assert 0.007 < np.std(draws) < 0.013 and len(set(draws)) == 200
     assert cost.step_time(shape) == base
+
+
+def test_first_of_graph_splits_each_graphs_first_step_from_the_rest():
+    """Steps of one CUDA graph (same padded rows and table width) after the first count as 'others';
+    a step padded to another graph is a first again; the excess is what the first steps took beyond
+    the model."""
+    import numpy as np
+
+    from engine.cost_model import cost_model_for
+    from engine.gpus import get_gpu
+    from kvsim.simulate import model_config
+
+    cost = cost_model_for(model_config("smollm2-135m"), get_gpu("h100"), "fp16")
+    a, a2 = composition([3000, 900], 5, ()), composition([3100, 950], 5, ())  # one graph: 8 rows, 64 blocks
+    b, c = composition([3000, 2000], 5, ()), composition([900, 300], 3, ((0, 300),))  # wider table; with prefill
+    assert cost.graph_table(a) == cost.graph_table(a2) != cost.graph_table(b)
+    shapes = [a, a2, b, a, c, c]
+    scored = [(s, cost.step_time(s) * (1.2 if i in (0, 2, 4) else 1.0)) for i, s in enumerate(shapes)]
+    rel = np.array([cost.step_time(s) / m - 1 for s, m in scored])
+    out = fidelity.first_of_graph(scored, rel, cost)
+    assert out["graphs"] == 3
+    assert out["first_signed_median"] == pytest.approx(1 / 1.2 - 1) and out["others_signed_median"] == pytest.approx(0)
+    assert out["first_excess_ms"] == pytest.approx(1e3 * 0.2 * sum(cost.step_time(s) for s in (a, b, c)))
