@@ -3,9 +3,10 @@
 # if the call is cut short (each step writes its JSON and log as it goes):
 #   1. bench/kernels.py            decode kernels vs peers, INT8 modes checked and tuned (issue 4)
 #   2. kvsim profile smollm2-135m  the calibrated profile of this GPU (issue 8)
-#   3. bench/fidelity.py           analytic vs compute on held-out trace rows (FIDELITY_OFFSET, default 1500: rows
-#                                  500-1000 and 1000-1500 were scored before; FIDELITY_TRACE names the full Azure
-#                                  conv trace, carried, for rows past the shipped 2,000), with its replays
+#   3. bench/fidelity.py           analytic vs compute on held-out trace rows (FIDELITY_OFFSET, default 1500; rows
+#                                  0-5500 were scored by 2026-12-06: take 5500 on; FIDELITY_TRACE names the full Azure
+#                                  conv trace, carried, for rows past the shipped 2,000), with its replays;
+#                                  FIDELITY_REPEAT=N runs each compute configuration N times more (run-to-run spread)
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
 #   5. bench/decode_order.py       where the long sequence sits in a decode batch (only with DECODE_ORDER_S > 0)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
@@ -26,7 +27,7 @@ python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-200}"
     --out "$OUT/smollm2-135m_$G.json" > "$OUT/profile_$G.log" 2>&1
 tail -16 "$OUT/profile_$G.log"
 timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset "${FIDELITY_OFFSET:-1500}" \
-    ${FIDELITY_TRACE:+--trace "$FIDELITY_TRACE"} \
+    ${FIDELITY_TRACE:+--trace "$FIDELITY_TRACE"} --repeat "${FIDELITY_REPEAT:-0}" \
     --profile "$OUT/smollm2-135m_$G.json" --budget-s "${FIDELITY_S:-200}" > "$OUT/fidelity_$G.log" 2>&1
 grep -v "fit rows" "$OUT/fidelity_$G.log" | tail -40
 if [ "${STEP_OVERHEAD_S:-100}" -gt 0 ]; then
