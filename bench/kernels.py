@@ -49,6 +49,7 @@ from bench.common import copy_bandwidth  # noqa: E402
 from kernels import decode_config  # noqa: E402
 from kernels import reference as ref  # noqa: E402
 from kernels._dispatch import num_sms, triton_module  # noqa: E402
+from kernels.scores_ref import paged_prefill_scores_ref  # noqa: E402
 
 SHAPES = [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128), (64, 4096, 32, 8, 128),
           (256, 2048, 32, 8, 128), (64, 16384, 32, 8, 128), (64, 4096, 9, 3, 64)]
@@ -159,6 +160,13 @@ def check_correctness(decode_only: bool = False, names: tuple = ("fp16", "bf16",
             tri = triton_module("prefill_attention", BACKEND).paged_prefill_attention(q, *args)
             record(f"prefill triton {name} Hq{hq}/Hkv{hkv} D{d}", rel_err(tri, expected), bound)
             record(f"prefill sdpa {name} Hq{hq}/Hkv{hkv} D{d}", rel_err(ref.paged_prefill_attention_sdpa(q, *args), expected), bound)
+            # the prefill score kernel (H2O, TOVA, SnapKV) against the torch reference, with a window on one row
+            want = torch.zeros(3, hkv, tables.shape[1] * PAGE, device=DEV)
+            windows = torch.tensor([0, 5, 0], device=DEV, dtype=torch.int32)
+            paged_prefill_scores_ref(q.float(), *args[:6], want, windows, scales)
+            got = torch.zeros_like(want)
+            kernels.paged_prefill_scores(q, *args[:6], got, windows, scales, interpret=SMOKE)
+            record(f"prefill scores triton {name} Hq{hq}/Hkv{hkv} D{d}", rel_err(got, want), bound)
     # cache write: INT8 and FP8 bytes and scales exactly as quantize_ref, fp16 as is
     for kv_dtype in [torch.float16, torch.int8] + ([fp8] if fp8 else []):
         shape = (40, PAGE, 8, 128)
@@ -477,9 +485,14 @@ def prefill_timings(gen) -> list[dict]:
         cu = torch.arange(0, batch + 1, device=DEV, dtype=torch.int32) * new
         args = (k, v, tables, cu, seq_lens, d ** -0.5)
         tri = triton_module("prefill_attention", BACKEND).paged_prefill_attention
+        scores = torch.zeros(batch, hkv, tables.shape[1] * PAGE, device=DEV)
         rows.append({"B": batch, "new": new, "prefix": prefix, "Hq": hq, "Hkv": hkv, "D": d,
                      "triton_ms": ms(lambda: tri(q, *args, max_query_len=new)),
-                     "gather_sdpa_ms": ms(lambda: ref.paged_prefill_attention_sdpa(q, *args))})
+                     "gather_sdpa_ms": ms(lambda: ref.paged_prefill_attention_sdpa(q, *args)),
+                     # what H2O's steps with prefill add: the score kernel's two launches, and the
+                     # torch reference scorer it replaced (a loop over the chunks)
+                     "scores_triton_ms": ms(lambda: kernels.paged_prefill_scores(q, *args, scores, max_query_len=new)),
+                     "scores_reference_ms": ms(lambda: paged_prefill_scores_ref(q, *args, scores))})
     return rows
 
 
@@ -542,7 +555,9 @@ def table(result: dict) -> str:
         lines.append(f"alternatives (GPU us) {tuple(r['shape'].values())} splits {r.get('num_splits')}: {alt}")
     for p in result.get("prefill", []):
         lines.append(f"prefill B{p['B']} new{p['new']} prefix{p['prefix']}: triton {p['triton_ms'] * 1e3:.1f} us, "
-                     f"gather+sdpa {p['gather_sdpa_ms'] * 1e3:.1f} us")
+                     f"gather+sdpa {p['gather_sdpa_ms'] * 1e3:.1f} us"
+                     + (f"; scores triton {p['scores_triton_ms'] * 1e3:.1f} us, torch reference "
+                        f"{p['scores_reference_ms'] * 1e3:.1f} us" if "scores_triton_ms" in p else ""))
     if result.get("tuning"):
         t = result["tuning"]
         for key, what in t.items():

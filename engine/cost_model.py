@@ -39,7 +39,8 @@ class StepShape:
     prefill_chunks: tuple[tuple[int, int], ...] = ()  # (cached tokens before it, new tokens) per chunk
     scored: bool = False  # attention scores kept for the eviction policy (H2O, TOVA, SnapKV): the decode
     # kernel adds each key's probability to a score buffer; a step with prefill runs eagerly and scores
-    # its chunks with the torch reference (engine/model.py)
+    # its chunks with kernels/prefill_scores.py (before 2026-12-06 10:00 UTC, with the torch reference:
+    # what the shipped profiles' scored_steps measured)
 
 
 def causal_pairs(start: int, num_new: int) -> int:
@@ -82,8 +83,8 @@ class CostModel:
         """What keeping attention scores adds, as bytes (kernels/decode_attention.py): for every key a
         decode row reads, the kernel stores an fp32 logit per query head and reads it back, and reads and
         writes an fp32 score per KV head; a chunk's queries get fp32 probabilities per query head,
-        written and read back (the torch reference materializes them), and that eager step pays its
-        layers' launches once more."""
+        written and read back (an upper bound: kernels/prefill_scores.py keeps them in registers and reads
+        the chunk's K twice instead), and that eager step pays its layers' launches once more."""
         m, per_layer = self.model, 2 * 4 * self.model.num_layers
         decode = per_layer * (m.num_heads + m.num_kv_heads) * s.decode_context_tokens
         prefill = per_layer * m.num_heads * s.prefill_attn_pairs

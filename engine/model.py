@@ -17,7 +17,6 @@ from torch import nn
 
 import kernels
 from kernels import fused
-from kernels.scores_ref import paged_step_scores
 from engine.config import ModelConfig
 from engine.rope import RotaryEmbedding
 
@@ -118,8 +117,9 @@ class Attention(nn.Module):
                                                     meta.decode_seq_lens, self.scale, kv_scales=kv_scales)
                 o[:d] = torch.where((meta.decode_seq_lens > 0)[:, None, None], od, o[:d])
             if meta.score_out is not None:
-                paged_step_scores(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
-                                  self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales)
+                kernels.paged_prefill_scores(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
+                                             self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales,
+                                             max_query_len=meta.max_query_len, query_tiles=meta.query_tiles)
         return self.o_proj(o.reshape(t, -1).to(x.dtype))
 
 

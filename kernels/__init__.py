@@ -29,8 +29,8 @@ prefer_interpreter_on_cpu_only_hosts()
 
 KVScales = tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["paged_decode_attention", "decode_num_splits", "paged_prefill_attention", "write_kv", "copy_blocks",
-           "move_slots", "swap_blocks", "PREFILL_IMPL"]
+__all__ = ["paged_decode_attention", "decode_num_splits", "paged_prefill_attention", "paged_prefill_scores", "write_kv",
+           "copy_blocks", "move_slots", "swap_blocks", "PREFILL_IMPL"]
 
 # What paged_prefill_attention runs on CUDA: "triton" (kernels/prefill_attention.py) or "sdpa"
 # (gather each sequence's pages, then torch SDPA). bench/kernels.py times both; on the H100 the
@@ -126,6 +126,40 @@ def paged_prefill_attention(
     return triton_module("prefill_attention", backend).paged_prefill_attention(
         q, k_cache, v_cache, _int32(block_tables), _int32(cu_seqlens_q), _int32(seq_lens), scale, kv_scales,
         out=out, max_query_len=max_query_len, query_tiles=None if query_tiles is None else _int32(query_tiles))
+
+
+def paged_prefill_scores(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    score_out: torch.Tensor,
+    windows: torch.Tensor | None = None,
+    kv_scales: KVScales | None = None,
+    *,
+    max_query_len: int | None = None,
+    query_tiles: torch.Tensor | None = None,
+    interpret: bool | None = None,
+) -> None:
+    """Add to score_out [B, Hkv, max_slots] (float32) the causal attention probability each slot
+    gets from the step's new tokens (prefill chunks and one-token rows alike), summed over those
+    queries and over the query heads of its group; windows [B]: only each sequence's last
+    windows[b] queries count (0: all). Arguments otherwise as paged_prefill_attention's. Triton:
+    two launches, no host sync (kernels/prefill_scores.py); the torch path: scores_ref.paged_step_scores."""
+    backend = backend_for(q, interpret)
+    if backend == "reference":
+        from kernels.scores_ref import paged_step_scores
+
+        paged_step_scores(q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, score_out, windows,
+                          kv_scales)
+        return
+    triton_module("prefill_scores", backend).paged_prefill_scores(
+        q, k_cache, _int32(block_tables), _int32(cu_seqlens_q), _int32(seq_lens), scale, score_out,
+        None if windows is None else _int32(windows), kv_scales, max_query_len=max_query_len,
+        query_tiles=None if query_tiles is None else _int32(query_tiles))
 
 
 def write_kv(

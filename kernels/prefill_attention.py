@@ -26,6 +26,26 @@ INTERPRETED = triton_interprets()
 
 
 @triton.jit
+def query_tile(tiles_ptr, stride_tiles, cu_seqlens_q_ptr, seq_lens_ptr, BLOCK_Q: tl.constexpr, TILE_MAP: tl.constexpr):
+    """This program's (sequence b, first new token, valid) from the query-tile map (tiles_ptr
+    [2, stride_tiles]: sequence, -1 for padding, then first new token) at program_id(0), or the
+    grid's (program_id(0), program_id(2) * BLOCK_Q); with b's first token in q, its new tokens and
+    its slots (new ones included)."""
+    if TILE_MAP:
+        tile = tl.program_id(0)
+        b = tl.load(tiles_ptr + tile)
+        first = tl.load(tiles_ptr + stride_tiles + tile)
+        valid = b >= 0
+        b = tl.maximum(b, 0)
+    else:
+        b = tl.program_id(0)
+        first = tl.program_id(2) * BLOCK_Q
+        valid = True
+    q_start = tl.load(cu_seqlens_q_ptr + b)
+    return b, first, valid, q_start, tl.load(cu_seqlens_q_ptr + b + 1) - q_start, tl.load(seq_lens_ptr + b)
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, out_ptr,
     tiles_ptr, stride_tiles, scale_log2, stride_qt, stride_qh, stride_btb, stride_ot, stride_oh,
@@ -35,20 +55,9 @@ def _prefill_kernel(
     QUANTIZED: tl.constexpr, Q_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE: tl.constexpr,
     OFFSET_64: tl.constexpr, I8_CONVERT: tl.constexpr, TILE_MAP: tl.constexpr,
 ):
-    if TILE_MAP:  # tiles_ptr [2, stride_tiles]: sequence (-1: padding), first new token
-        tile = tl.program_id(0)
-        b = tl.load(tiles_ptr + tile)
-        first = tl.load(tiles_ptr + stride_tiles + tile)
-        valid = b >= 0
-        b = tl.maximum(b, 0)
-    else:
-        b = tl.program_id(0)
-        first = tl.program_id(2) * BLOCK_Q  # first new token of this tile, within the sequence
-        valid = True
+    b, first, valid, q_start, num_new, seq_len = query_tile(tiles_ptr, stride_tiles, cu_seqlens_q_ptr, seq_lens_ptr,
+                                                           BLOCK_Q, TILE_MAP)
     kvh = tl.program_id(1)
-    q_start = tl.load(cu_seqlens_q_ptr + b)
-    num_new = tl.load(cu_seqlens_q_ptr + b + 1) - q_start
-    seq_len = tl.load(seq_lens_ptr + b)
     if valid and first < num_new:
         r = tl.arange(0, BLOCK_Q * GROUP_PAD)
         i = first + r // GROUP_PAD  # new token of each row

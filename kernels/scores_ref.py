@@ -1,6 +1,6 @@
 """Attention each cached slot receives during a prefill chunk (what H2O and SnapKV need from
-the prompt). Torch reference for the chunks (no Triton kernel yet): compute mode runs it in every
-step with prefill that keeps scores, which is why such steps run eagerly."""
+the prompt): the torch reference of kernels/prefill_scores.py, and what kernels.paged_prefill_scores
+runs on CPU tensors (paged_step_scores)."""
 
 from __future__ import annotations
 

@@ -194,3 +194,25 @@ def test_staged_then_launched_step_equals_run_and_a_timed_step_stages_before_its
     timer.watch.start = lambda busy=False: events.append("start") or watch_start(busy)
     assert len(timer.times(step)) == 2
     assert events == ["stage", "launch"] + ["stage", "start", "launch"] * 2
+
+
+def test_scored_mixed_step_scores_the_same_in_the_kernel_and_the_reference(monkeypatch):
+    """A step with a prefill chunk and decode rows that keeps attention scores: the model's layers
+    score it with kernels/prefill_scores.py (interpreted here, compiled on a GPU) as the torch
+    reference does, per layer."""
+    gen = torch.Generator().manual_seed(3)
+    model, store, runner = _setup()
+    batch = _prefill_then_decode_batch(runner, gen)
+    table = torch.randperm(60, generator=gen).tolist()[-4:]  # a new sequence's chunk after 6 cached slots
+    runner.run([StepInput([1] * 6, 0, [table[i // 8] * 8 + i % 8 for i in range(6)], table, 6)])
+    batch.insert(1, StepInput([3] * 13, 6, [table[i // 8] * 8 + i % 8 for i in range(6, 19)], table, 19))
+    scores = {}
+    for interpret in ("0", "1"):
+        monkeypatch.setenv("KVSIM_TRITON_INTERPRET", interpret)
+        state = store.k.clone(), store.v.clone()
+        scores[interpret] = runner.score_buffers(batch)
+        runner.run(batch, scores[interpret])
+        store.k.copy_(state[0])
+        store.v.copy_(state[1])
+    for reference, kernel in zip(scores["0"], scores["1"]):
+        assert reference.sum() > 0 and torch.allclose(kernel, reference, rtol=1e-4, atol=1e-6)
