@@ -6,7 +6,8 @@ SmolLM2-135M (real weights, fp16) generates greedily from prompts of real text o
 lengths, in batches of 1, 16 and 64, twice: decode steps replayed as CUDA graphs (the default)
 and eager (KVSIM_CUDA_GRAPHS=0). Prefill is eager in both. Reported per batch: the largest
 |logit difference| over the steps before the two runs' tokens first differ, the step where they
-first differ (if any), and the top-1 agreement of those steps. Writes graph_check_<gpu>.json to
+first differ (if any), and the top-1 agreement of those steps; then one mixed step that keeps
+attention scores (H2O's), graph against eager (scored_step). Writes graph_check_<gpu>.json to
 --out (default $OUT, else bench/results).
 """
 
@@ -46,6 +47,43 @@ def compare(a, b) -> dict:
             "max_abs_logit_diff": diff, "max_abs_logit": scale, "top1_agreement": agree}
 
 
+def scored_step(loaded, gen: torch.Generator) -> dict:
+    """A mixed step keeping attention scores (H2O's: 4 decode rows, a chunk after a cached prefix,
+    a new prompt), replayed from its CUDA graph and run eagerly from the same cache: the largest
+    |logit difference| and the largest relative difference of a layer's scores (the graph scores
+    its chunks with kernels/prefill_scores.py through the query-tile map, every row in the prefill
+    kernels). On the CPU both runs are eager (the plumbing only)."""
+    from engine.runner import ModelRunner, StepInput
+    from kvcache.kv_store import PagedKVStore
+
+    cfg, device = loaded.config, loaded.model.embed_tokens.weight.device
+    store = PagedKVStore(cfg.num_layers, 256, 16, cfg.num_kv_heads, cfg.head_dim, dtype="fp16", device=device)
+    runner = ModelRunner(loaded.model, store)
+    blocks = torch.randperm(256, generator=gen).tolist()
+    lengths = [37, 180, 64, 501, 40, 0]  # decode rows, then a cached prefix of 40, then a new prompt
+    new = [1, 1, 1, 1, 100, 60]
+    batch = []
+    for b, (n, k) in enumerate(zip(lengths, new)):
+        table = blocks[b * 40:(b + 1) * 40][:-(-(n + k) // 16)]
+        slots = [table[i // 16] * 16 + i % 16 for i in range(n + k)]
+        ids = torch.randint(0, cfg.vocab_size, (n + k,), generator=gen).tolist()
+        if n:
+            runner.run([StepInput(ids[:n], 0, slots[:n], table, n)])
+        batch.append(StepInput(ids[n:], n, slots[n:], table, n + k))
+    state = store.k.clone(), store.v.clone()
+    out = {}
+    for graphs in (True, False):
+        runner.use_cuda_graphs = graphs and device.type == "cuda"
+        scores = runner.score_buffers(batch)
+        out[graphs] = runner.run(batch, scores), scores
+        store.k.copy_(state[0])
+        store.v.copy_(state[1])
+    (lg, sg), (le, se) = out[True], out[False]
+    rel = max(((a.double() - b.double()).norm() / b.double().norm()).item() for a, b in zip(sg, se))
+    return {"rows": len(batch), "new_tokens": new, "graph_captured": runner.captures > 0,
+            "max_abs_logit_diff": (lg - le).abs().max().item(), "max_layer_scores_rel_diff": rel}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -69,11 +107,15 @@ def main() -> None:
         print(f"B={batch:<3} steps compared {row['steps_compared']:3d}  first token difference "
               f"{row['first_token_difference_step']}  max |dlogit| {row['max_abs_logit_diff']:.4f} "
               f"(of {row['max_abs_logit']:.1f})  top-1 agreement {row['top1_agreement']:.4f}", flush=True)
+    scored = scored_step(loaded, gen)
+    print(f"scored mixed step (H2O), graph vs eager: max |dlogit| {scored['max_abs_logit_diff']:.4f}, "
+          f"layer scores rel. diff {scored['max_layer_scores_rel_diff']:.2e} (graph captured: {scored['graph_captured']})")
     name = torch.cuda.get_device_name().lower() if cuda else "cpu"
     tag = "h100" if "h100" in name else "h200" if "h200" in name else "gpu" if cuda else "cpu"
     write_json(Path(args.out) / f"graph_check_{tag}.json",
                {"benchmark": "graph_check", **environment(), "model": args.model, "steps": args.steps,
-                "weights_dtype": str(loaded.model.embed_tokens.weight.dtype), "rows": rows})
+                "weights_dtype": str(loaded.model.embed_tokens.weight.dtype), "rows": rows,
+                "scored_mixed_step": scored})
 
 
 if __name__ == "__main__":

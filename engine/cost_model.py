@@ -38,9 +38,9 @@ class StepShape:
     decode_max_context: int = 0  # the most tokens one decoding sequence reads
     prefill_chunks: tuple[tuple[int, int], ...] = ()  # (cached tokens before it, new tokens) per chunk
     scored: bool = False  # attention scores kept for the eviction policy (H2O, TOVA, SnapKV): the decode
-    # kernel adds each key's probability to a score buffer; a step with prefill runs eagerly and scores
-    # its chunks with kernels/prefill_scores.py (before 2026-12-06 10:00 UTC, with the torch reference:
-    # what the shipped profiles' scored_steps measured)
+    # kernel adds each key's probability to a score buffer; a step with prefill scores its chunks with
+    # kernels/prefill_scores.py, in its CUDA graph (until 2026-12-06 such a step ran eagerly and scored
+    # with the torch reference: what the shipped profiles' scored_steps measured)
 
 
 def causal_pairs(start: int, num_new: int) -> int:
@@ -84,12 +84,12 @@ class CostModel:
         decode row reads, the kernel stores an fp32 logit per query head and reads it back, and reads and
         writes an fp32 score per KV head; a chunk's queries get fp32 probabilities per query head,
         written and read back (an upper bound: kernels/prefill_scores.py keeps them in registers and reads
-        the chunk's K twice instead), and that eager step pays its layers' launches once more."""
+        the chunk's K twice instead), and that step's two more launches a layer."""
         m, per_layer = self.model, 2 * 4 * self.model.num_layers
         decode = per_layer * (m.num_heads + m.num_kv_heads) * s.decode_context_tokens
         prefill = per_layer * m.num_heads * s.prefill_attn_pairs
-        eager = m.num_layers * self.gpu.layer_overhead_s if s.prefill_chunks else 0.0
-        return (decode + prefill) / self.bw + eager
+        launches = 2 * m.num_layers * self.gpu.layer_overhead_s / 4 if s.prefill_chunks else 0.0
+        return (decode + prefill) / self.bw + launches
 
     def transfer_time(self, s: StepShape) -> float:
         """Block copies (read + write in HBM) and swap traffic over the host link."""

@@ -13,7 +13,10 @@ launches ~300 kernels at 15-100 us each, for a few ms of GPU work):
   steps with prefill chunks: one graph per (token bucket, sequence bucket, width bucket); padding
     sequences feed no token, the tokens past the step's own write nothing, and the prefill kernel
     reads a query-tile map (kernels/tiles.py) so its grid does not depend on the chunks.
-Steps that collect attention for prefill chunks (H2O's prefill, SnapKV), more tokens than
+  steps with prefill that keep attention scores (H2O, TOVA): the same, with every row in the
+    prefill kernels in the batch's order (no split-K decode rows) and the score kernel
+    (kernels/prefill_scores.py) filling score buffers shared by the graphs of one (rows, width).
+Steps that score only a window of their queries (SnapKV's prompt), more tokens than
 max_graph_tokens, or wider tables than the model's positions run eagerly, as does everything
 with use_cuda_graphs=False (KVSIM_CUDA_GRAPHS=0; vLLM's enforce_eager).
 """
@@ -158,6 +161,7 @@ class ModelRunner:
         self.seq_buckets = [b for b in SEQ_BUCKETS if b <= max_graph_batch]
         self.query_tile = prefill_query_tile(model.config.num_heads, model.config.num_kv_heads)
         self._graphs: dict[Shape, _StepGraph] = {}
+        self._score_bufs: dict[tuple[int, int], list[torch.Tensor]] = {}  # _graph_score_buffers
         self._pool = None
         self._inputs: torch.Tensor | None = None  # the packed inputs every graph reads, sized once
         # the widest table a graph takes: the store's blocks, or as many as the model has positions
@@ -253,8 +257,10 @@ class ModelRunner:
             rows = bucket(n, self.graph_buckets)
             return None if rows is None else Shape(True, rows, rows, width, scores=score_out is not None)
         rows, padded = bucket(n, self.seq_buckets), bucket(tokens, self.token_buckets)
-        if score_out is not None or rows is None or padded is None:
+        if rows is None or padded is None:
             return None
+        if score_out is not None:  # every row in the prefill kernels, in the batch's order (scores by row)
+            return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile), scores=True)
         return self._prefill_shape(padded, rows, width)
 
     def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
@@ -282,12 +288,20 @@ class ModelRunner:
             self._inputs = torch.zeros(largest, dtype=torch.int64, device=self.device)
         return self._inputs
 
+    def _graph_score_buffers(self, rows: int, width: int) -> list[torch.Tensor]:
+        """Per layer [rows, Hkv, width * block_size] float32, shared by every graph of (rows, width):
+        a replay zeroes them first and launch() adds them out before anything replays again."""
+        key = (rows, width)
+        if key not in self._score_bufs:
+            cfg = self.model.config
+            self._score_bufs[key] = [torch.zeros(rows, cfg.num_kv_heads, width * self.kv_store.block_size,
+                                                 device=self.device) for _ in range(cfg.num_layers)]
+        return self._score_bufs[key]
+
     def _capture(self, shape: Shape) -> "_StepGraph":
         inputs = self._input_buffer()[:shape.size()]
         inputs.copy_(torch.from_numpy(_pack([], shape)))  # padding only: writes nowhere
-        cfg = self.model.config
-        score_bufs = ([torch.zeros(shape.rows, cfg.num_kv_heads, shape.width * self.kv_store.block_size,
-                                   device=self.device) for _ in range(cfg.num_layers)] if shape.scores else None)
+        score_bufs = self._graph_score_buffers(shape.rows, shape.width) if shape.scores else None
 
         def step():
             meta, ids, last = self._metadata(inputs, shape, score_bufs)
