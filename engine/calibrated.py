@@ -350,7 +350,12 @@ class CalibratedCostModel:
             self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
         self.decode_width, self.mixed_extra = self._fit_width(width, t["decode_step"])
         self.rows = self._fit_rows(t["decode_step"]) if self.mixed_extra is None else None
-        self.correction = Correction.fit(self, t.get("random_steps"), t.get("scored_steps"), t.get("decode_step"))
+        scored = t.get("scored_steps")
+        if scored and "scored_prefill" not in profile.data.get("settings", {}):
+            scored = {c: [v for v, chunks in zip(values, scored["chunks"]) if not chunks] for c, values in scored.items()}
+            self.source += ("; scored steps with prefill not used (timed eager with the torch reference scorer, "
+                            "profiles before 2026-12-06: priced as unscored plus the score bytes)")
+        self.correction = Correction.fit(self, t.get("random_steps"), scored, t.get("decode_step"))
 
     def _fit_walk(self, skew: dict | None) -> Curve | None:
         """walk(w) above: the skew table's times by the keys its long sequence's program walked (one

@@ -231,6 +231,8 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                                           "step_tokens": grid.step_tokens,
                                           "families": "broad and serving, two of each in turn (engine/profile.py)"},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
+                         "scored_prefill": "in the step's CUDA graph, scored by kernels/prefill_scores.py"
+                         if graph_settings(device).get("cuda_graphs") else "eager, scored by kernels/prefill_scores.py",
                          "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
                          "block_tables": (f"scattered: the first {scatter_gib:g} GiB of blocks in a seeded random order "
                                           "(seed 0)" if scatter_gib > 0 else "contiguous"),

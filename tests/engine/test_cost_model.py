@@ -376,6 +376,9 @@ def random_shapes(seed: int, count: int) -> list[StepShape]:
             for c, chunks in random_compositions(grid, np.random.default_rng(seed), count)]
 
 
+SCORED_PREFILL = "in the step's CUDA graph, scored by kernels/prefill_scores.py"  # a profile's settings
+
+
 def uniform_rows_off(monkeypatch):
     """The fit without the decode grid's uniform rows: these tests' laws hold for the random steps alone
     (test_uniform_grid_rows_keep_uniform_batches covers the rows)."""
@@ -493,7 +496,7 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     from engine.profile_file import TABLES, step_row
 
     data = profile_data()
-    data["settings"] = {"graph": GRAPH}
+    data["settings"] = {"graph": GRAPH, "scored_prefill": SCORED_PREFILL}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
     table = lambda shapes, fn: dict(zip(TABLES["random_steps"], map(list, zip(
         *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
@@ -523,7 +526,7 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
     from engine.profile_file import TABLES, step_row
 
     data = profile_data()
-    data["settings"] = {"graph": GRAPH}
+    data["settings"] = {"graph": GRAPH, "scored_prefill": SCORED_PREFILL}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
     eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-3 * len(s.prefill_chunks) + 4e-13 * s.prefill_attn_pairs
                              + 1e-3 if s.prefill_chunks else 1.2 * cost.structural(s) + 5e-11 * s.decode_context_tokens)
@@ -539,6 +542,36 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
     for shape in random_shapes(seed=2, count=20):
         scored = replace(shape, scored=True)
         assert cut.step_time(scored) == pytest.approx(max(eager(structural, scored), cut.floor_s), rel=0.01)
+
+
+def test_scored_prefill_rows_of_profiles_before_the_score_kernel_are_left_out(tmp_path, monkeypatch):
+    """A profile without settings.scored_prefill timed H2O's steps with prefill eagerly with the torch
+    reference scorer (~45 ms where the engine now replays a graph): those rows are not fitted, such
+    steps cost the unscored law plus the score bytes; its scored decode rows still fit their law."""
+    uniform_rows_off(monkeypatch)
+    from dataclasses import replace
+
+    from engine.profile_file import TABLES, step_row
+
+    data = profile_data()
+    data["settings"] = {"graph": GRAPH}
+    structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
+    table = lambda shapes, fn: dict(zip(TABLES["random_steps"], map(list, zip(
+        *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
+    tables = data["kv_dtypes"]["fp16"]["tables"]
+    tables["random_steps"] = table(random_shapes(seed=1, count=48), law)
+    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=56)], scored_law)
+    old = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="old.json"))
+    data["settings"]["scored_prefill"] = SCORED_PREFILL
+    new = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="new.json"))
+    assert set(old.correction.weights) == {"decode", "prefill", "decode_scored"} and "torch reference" in old.source
+    assert "prefill_scored" in new.correction.weights
+    for shape in random_shapes(seed=2, count=20):
+        scored = replace(shape, scored=True)
+        if shape.prefill_chunks:
+            assert old.step_time(scored) == pytest.approx(old.step_time(shape) + old.roofline.score_time(scored), rel=1e-9)
+        else:
+            assert old.step_time(scored) == pytest.approx(new.step_time(scored), rel=1e-9)
 
 
 def test_roofline_prices_score_bytes():
