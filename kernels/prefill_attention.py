@@ -40,7 +40,7 @@ def query_tile(tiles_ptr, stride_tiles, cu_seqlens_q_ptr, seq_lens_ptr, BLOCK_Q:
     else:
         b = tl.program_id(0)
         first = tl.program_id(2) * BLOCK_Q
-        valid = True
+        valid = b >= 0  # always; a tensor as in the map's branch (what the caller's `and` takes)
     q_start = tl.load(cu_seqlens_q_ptr + b)
     return b, first, valid, q_start, tl.load(cu_seqlens_q_ptr + b + 1) - q_start, tl.load(seq_lens_ptr + b)
 
