@@ -46,6 +46,20 @@ def query_tile(tiles_ptr, stride_tiles, cu_seqlens_q_ptr, seq_lens_ptr, BLOCK_Q:
 
 
 @triton.jit
+def query_rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
+               GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """A program's rows: new tokens first .. first + BLOCK_Q of a sequence x the GROUP query heads of
+    KV head kvh (padded to GROUP_PAD) -> (new token i [R], query head [R], row mask [R], q [R, D])."""
+    r = tl.arange(0, BLOCK_Q * GROUP_PAD)
+    i = first + r // GROUP_PAD
+    head = kvh * GROUP + r % GROUP_PAD
+    row_mask = (i < num_new) & (r % GROUP_PAD < GROUP)
+    q = tl.load(q_ptr + (q_start + i)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)
+    return i, head, row_mask, q
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, out_ptr,
     tiles_ptr, stride_tiles, scale_log2, stride_qt, stride_qh, stride_btb, stride_ot, stride_oh,
@@ -59,16 +73,12 @@ def _prefill_kernel(
                                                            BLOCK_Q, TILE_MAP)
     kvh = tl.program_id(1)
     if valid and first < num_new:
-        r = tl.arange(0, BLOCK_Q * GROUP_PAD)
-        i = first + r // GROUP_PAD  # new token of each row
-        head = kvh * GROUP + r % GROUP_PAD
-        row_mask = (i < num_new) & (r % GROUP_PAD < GROUP)
-        pos = seq_len - num_new + i  # the row's own slot: it sees slots 0 .. pos
         d = tl.arange(0, HEAD_DIM_PAD)
         d_mask = d < HEAD_DIM
+        i, head, row_mask, q = query_rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
+                                          GROUP, GROUP_PAD, BLOCK_Q, DOT_DTYPE)  # q [R, D]
+        pos = seq_len - num_new + i  # the row's own slot: it sees slots 0 .. pos
         mask = row_mask[:, None] & d_mask[None, :]
-        q = tl.load(q_ptr + (q_start + i)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
-                    mask=mask, other=0.0).to(DOT_DTYPE)  # [R, D]
         m = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
         acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_DIM_PAD], tl.float32)

@@ -25,7 +25,7 @@ import triton.language as tl
 from kernels._dispatch import triton_interprets
 from kernels.attention_tile import cache_strides, dot, dot_dtype
 from kernels.decode_attention import LOG2E
-from kernels.prefill_attention import query_tile
+from kernels.prefill_attention import query_rows, query_tile
 from kernels.tiles import PREFILL_BLOCK_ROWS, prefill_query_tile
 
 INTERPRETED = triton_interprets()
@@ -53,20 +53,6 @@ def _k_tile(t, t_mask, d, d_mask, table_row, kvh, k_ptr, k_scale_ptr, stride_kb,
 
 
 @triton.jit
-def _rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
-          GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_Q: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """New tokens first .. first + BLOCK_Q of a sequence x its KV head's group: (new token i [R],
-    query head [R], row mask [R], q [R, D])."""
-    r = tl.arange(0, BLOCK_Q * GROUP_PAD)
-    i = first + r // GROUP_PAD
-    head = kvh * GROUP + r % GROUP_PAD
-    row_mask = (i < num_new) & (r % GROUP_PAD < GROUP)
-    q = tl.load(q_ptr + (q_start + i)[:, None].to(tl.int64) * stride_qt + head[:, None] * stride_qh + d[None, :],
-                mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(DOT_DTYPE)
-    return i, head, row_mask, q
-
-
-@triton.jit
 def _lse_kernel(
     q_ptr, k_ptr, k_scale_ptr, block_tables_ptr, cu_seqlens_q_ptr, seq_lens_ptr, lse_ptr, tiles_ptr, stride_tiles,
     scale_log2, stride_qt, stride_qh, stride_btb, stride_lt,
@@ -81,7 +67,7 @@ def _lse_kernel(
     if valid and first < num_new:
         d = tl.arange(0, HEAD_DIM_PAD)
         d_mask = d < HEAD_DIM
-        i, head, row_mask, q = _rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
+        i, head, row_mask, q = query_rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
                                      GROUP, GROUP_PAD, BLOCK_Q, DOT_DTYPE)
         pos = seq_len - num_new + i  # the row's own slot: it sees slots 0 .. pos (slot 0 in the first tile)
         m = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
@@ -134,7 +120,7 @@ def _score_kernel(
         start = tl.maximum(start, 0) // BLOCK_Q * BLOCK_Q
         acc = tl.zeros([BLOCK_N], tl.float32)
         for first in range(start, num_new, BLOCK_Q):
-            i, head, row_mask, q = _rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
+            i, head, row_mask, q = query_rows(q_ptr, q_start, first, kvh, num_new, stride_qt, stride_qh, d, d_mask,
                                          GROUP, GROUP_PAD, BLOCK_Q, DOT_DTYPE)
             row_mask = row_mask & (i >= lowest)
             lse = tl.load(lse_ptr + (q_start + i).to(tl.int64) * stride_lt + head, mask=row_mask, other=0.0)
