@@ -171,14 +171,15 @@ class Correction:
         the decode rows' terms, 1
       a step keeping attention scores (H2O, TOVA, SnapKV): the law of its kind, fitted to the
         scored_steps rows (decode: its context tokens also price the kernel's score pass and the
-        score buffer's read-modify-write, which cover every key a row reads); with prefill (its chunks scored
-        by kernels/prefill_scores.py in the step's graph; until 2026-12-06 an eager step whose chunks the
-        torch reference scored), + causal pairs (the probabilities it computes). Without a scored law, the unscored one plus the roofline's score_time.
+        score buffer's read-modify-write, which cover every key a row reads); with prefill (its
+        chunks scored by kernels/prefill_scores.py in the step's graph; until 2026-12-06 an eager
+        step whose chunks the torch reference scored), + causal pairs (the probabilities it
+        computes). Without a scored law, the unscored one plus the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     A kind also tries its REDUCED law (the other weights 0): structural, chunks (the eager scored
-    step paid ~10 ms a chunk while the torch reference scorer looped over them, as the shipped profiles
-    measured), the scored feature, constant.
+    step paid ~10 ms a chunk while the torch reference scorer looped over them, as the shipped
+    profiles measured), the scored feature, constant.
     It alone remains with fewer than 2 * MIN_ROWS_PER_FEATURE rows a feature (a profile cut short
     by its budget); where both pass the check, the one of the lower held-out mean error is kept.
     Without rows (an older profile), too few even for the reduced law, or where the check fails,
@@ -256,9 +257,10 @@ class Correction:
                     continue
                 w, check = cls._checked_fit(np.asarray(x)[:, columns], np.asarray(y))
                 check["features"] = [names[c] for c in columns]
-                if kind not in checks or (w is not None and (best is None or check["corrected_mean"] < best[2])):
+                better = w is not None and (best is None or check["corrected_mean"] < best[2])
+                if kind not in checks or better:
                     checks[kind] = check
-                if w is not None and (best is None or check["corrected_mean"] < best[2]):
+                if better:
                     best = (columns, w, check["corrected_mean"])
             if best is not None:
                 weights[kind] = np.zeros(len(names))

@@ -88,7 +88,8 @@ class CostModel:
         m, per_layer = self.model, 2 * 4 * self.model.num_layers
         decode = per_layer * (m.num_heads + m.num_kv_heads) * s.decode_context_tokens
         prefill = per_layer * m.num_heads * s.prefill_attn_pairs
-        launches = 2 * m.num_layers * self.gpu.layer_overhead_s / 4 if s.prefill_chunks else 0.0
+        # the score kernel's two launches a layer: about half a layer's launches and small ops
+        launches = m.num_layers * self.gpu.layer_overhead_s / 2 if s.prefill_chunks else 0.0
         return (decode + prefill) / self.bw + launches
 
     def transfer_time(self, s: StepShape) -> float:

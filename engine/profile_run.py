@@ -216,7 +216,7 @@ def graph_settings(device: torch.device) -> dict:
 
 def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, grid: ProfileGrid,
            quick: bool, budget_s: float, argv: list[str], scatter_gib: float = 0.0) -> dict:
-    cuda = device.type == "cuda"
+    cuda, graph = device.type == "cuda", graph_settings(device)
     name = torch.cuda.get_device_name(device) if cuda else f"cpu: {platform.processor() or platform.machine()}"
     return {"format": FORMAT, "version": VERSION, "gpu": gpu, "device_name": name,
             "timer": "cuda_events" if cuda else "perf_counter",
@@ -232,10 +232,10 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                                           "families": "broad and serving, two of each in turn (engine/profile.py)"},
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
                          "scored_prefill": "in the step's CUDA graph, scored by kernels/prefill_scores.py"
-                         if graph_settings(device).get("cuda_graphs") else "eager, scored by kernels/prefill_scores.py",
+                         if graph.get("cuda_graphs") else "eager, scored by kernels/prefill_scores.py",
                          "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
                          "block_tables": (f"scattered: the first {scatter_gib:g} GiB of blocks in a seeded random order "
                                           "(seed 0)" if scatter_gib > 0 else "contiguous"),
-                         "graph": graph_settings(device),
+                         "graph": graph,
                          "grid": {k: list(v) for k, v in vars(grid).items() if isinstance(v, tuple)}},
             "kv_dtypes": {}}
