@@ -135,15 +135,27 @@ def broad_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefill:
     if not with_prefill:
         return contexts(_log_uniform(rng, 1, top_batch)), ()
     b = 0 if rng.random() < 0.25 else _log_uniform(rng, 1, min(top_batch, grid.step_tokens // 2))
-    chunks, room = [], grid.step_tokens - b
-    for _ in range(int(rng.integers(1, 7))):
+    chunks = _chunks(grid, rng, grid.step_tokens - b, int(rng.integers(1, 7)))
+    return (contexts(b) if b else []), chunks
+
+
+def _chunks(grid: ProfileGrid, rng: np.random.Generator, room: int, count: int, fill: bool = False,
+            first_cached_only: bool = False) -> tuple:
+    """Up to `count` prefill chunks ((cached, new), ...) within `room` tokens: new tokens
+    log-uniform up to the grid's largest chunk (fill: the last takes the room left), half of them
+    (first_cached_only: only the first may) after a log-uniform cached prefix."""
+    top_tokens, top_cached, chunks = max(grid.prefill_tokens), max(grid.prefill_cached), []
+    for i in range(count):
         if room < 1:
             break
-        n = min(room, _log_uniform(rng, min(16, max(grid.prefill_tokens)), max(grid.prefill_tokens)))
-        cached = _log_uniform(rng, 16, max(grid.prefill_cached)) if max(grid.prefill_cached) and rng.random() < 0.5 else 0
+        n = min(room, _log_uniform(rng, min(16, top_tokens), top_tokens))
+        if fill and i == count - 1:
+            n = room
+        may_cache = i == 0 or not first_cached_only
+        cached = _log_uniform(rng, 16, top_cached) if may_cache and top_cached and rng.random() < 0.5 else 0
         chunks.append((cached, n))
         room -= n
-    return (contexts(b) if b else []), tuple(chunks)
+    return tuple(chunks)
 
 
 def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefill: bool, min_context: int = 16):
@@ -164,18 +176,8 @@ def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefil
             contexts[i] = _log_uniform(rng, max(1, top_context // 4), top_context)
     if not with_prefill:
         return contexts, ()
-    room, top_tokens, top_cached = grid.step_tokens - b, max(grid.prefill_tokens), max(grid.prefill_cached)
-    chunks, count, fill = [], int(rng.integers(1, 4)), rng.random() < 0.75
-    for i in range(count):
-        if room < 1:
-            break
-        n = min(room, _log_uniform(rng, min(16, top_tokens), top_tokens))
-        if fill and i == count - 1:
-            n = room
-        cached = _log_uniform(rng, 16, top_cached) if i == 0 and top_cached and rng.random() < 0.5 else 0
-        chunks.append((cached, n))
-        room -= n
-    return contexts, tuple(chunks)
+    count, fill = int(rng.integers(1, 4)), rng.random() < 0.75
+    return contexts, _chunks(grid, rng, grid.step_tokens - b, count, fill, first_cached_only=True)
 
 
 class Stopwatch:
