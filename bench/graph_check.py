@@ -9,6 +9,10 @@ and eager (KVSIM_CUDA_GRAPHS=0). Prefill is eager in both. Reported per batch: t
 first differ (if any), and the top-1 agreement of those steps; then one mixed step that keeps
 attention scores (H2O's), graph against eager (scored_step). Writes graph_check_<gpu>.json to
 --out (default $OUT, else bench/results).
+
+--random-weights: seeded random weights of the model's shape and only the scored step (its token
+ids are random draws, so it needs no tokenizer; the real weights' package, ~90 MB, may not reach
+the GPU machine).
 """
 
 from __future__ import annotations
@@ -90,14 +94,18 @@ def main() -> None:
     p.add_argument("--batches", default="1,16,64")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--out", default=os.environ.get("OUT") or "bench/results")
+    p.add_argument("--random-weights", action="store_true", help="seeded random weights; the scored step only")
     args = p.parse_args()
     cuda = torch.cuda.is_available()
-    loaded = load_model(args.model, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32)
-    text = resources.files("kvsim").joinpath("data/tinyshakespeare_40k.txt").read_text()
-    ids = loaded.tokenizer.encode(text)
+    loaded = load_model(args.model, device="cuda" if cuda else "cpu", dtype=torch.float16 if cuda else torch.float32,
+                        random_weights=args.random_weights)
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for batch in (int(x) for x in args.batches.split(",")):
+    batches = [] if args.random_weights else [int(x) for x in args.batches.split(",")]
+    if batches:
+        text = resources.files("kvsim").joinpath("data/tinyshakespeare_40k.txt").read_text()
+        ids = loaded.tokenizer.encode(text)
+    for batch in batches:
         lengths = torch.randint(100, 1500, (batch,), generator=gen).tolist()
         starts = torch.randint(0, len(ids) - 1500, (batch,), generator=gen).tolist()
         prompts = [ids[s:s + n] for s, n in zip(starts, lengths)]
@@ -112,8 +120,10 @@ def main() -> None:
           f"layer scores rel. diff {scored['max_layer_scores_rel_diff']:.2e} (graph captured: {scored['graph_captured']})")
     name = torch.cuda.get_device_name().lower() if cuda else "cpu"
     tag = "h100" if "h100" in name else "h200" if "h200" in name else "gpu" if cuda else "cpu"
-    write_json(Path(args.out) / f"graph_check_{tag}.json",
+    suffix = "_random_weights" if args.random_weights else ""
+    write_json(Path(args.out) / f"graph_check_{tag}{suffix}.json",
                {"benchmark": "graph_check", **environment(), "model": args.model, "steps": args.steps,
+                "weights": loaded.source,
                 "weights_dtype": str(loaded.model.embed_tokens.weight.dtype), "rows": rows,
                 "scored_mixed_step": scored})
 
