@@ -186,9 +186,9 @@ class Correction:
         score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
-    A kind also tries its REDUCED law (the other weights 0): structural, chunks (the eager scored
-    step paid ~10 ms a chunk while the torch reference scorer looped over them, as the shipped
-    profiles measured), the scored feature, constant.
+    A kind also tries its REDUCED law (the other weights 0): structural, chunks (prefill), the
+    scored features (decode: context tokens; prefill: causal pairs and the longest row's tokens,
+    in place of chunks), constant.
     It alone remains with fewer than 2 * MIN_ROWS_PER_FEATURE rows a feature (a profile cut short
     by its budget); where both pass the check, the one of the lower held-out mean error is kept.
     Without rows (an older profile), too few even for the reduced law, or where the check fails,
@@ -206,7 +206,7 @@ class Correction:
     REDUCED: ClassVar[dict[str, tuple[str, ...]]] = {
         "decode": ("structural", "constant_s"), "prefill": ("structural", "chunks", "constant_s"),
         "decode_scored": ("structural", "context_tokens", "constant_s"),
-        "prefill_scored": ("structural", "chunks", *SCORED_PREFILL, "constant_s")}
+        "prefill_scored": ("structural", *SCORED_PREFILL[:2], "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)

@@ -162,7 +162,9 @@ def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefil
     """One step of a loaded server (a chunked-prefill scheduler at its token budget): many decode
     rows (log-uniform in [max batch / 4, max batch]), their contexts lognormal (sigma 0.3-1.0) about
     a median log-uniform in [128, longest / 4], and in half the steps 1-3 of them long (log-uniform
-    in [longest / 4, longest]: the long conversations a trace's tail brings). With prefill, 1-3
+    in [longest / 4, longest]: the long conversations a trace's tail brings); in a third of the
+    steps instead, every context capped at a budget log-uniform in [64, longest / 8], as an evicting
+    policy (StreamingLLM, H2O) keeps them: most rows at the cap. With prefill, 1-3
     chunks: the first half the time the rest of a prompt already partly prefilled (a log-uniform
     cached prefix), the others new prompts, the last taking what the token budget leaves (three
     steps in four; otherwise the queue ran dry and it is its own size)."""
@@ -171,7 +173,11 @@ def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefil
     if with_prefill:
         b = min(b, grid.step_tokens // 2)
     contexts = _contexts(grid, rng, b, (128, top_context // 4), rng.uniform(0.3, 1.0), min_context)
-    if rng.random() < 0.5:
+    if rng.random() < 1 / 3:  # an evicting policy's batch (the H100 profile of 2026-12-06 10:08 had no
+        # decode-only row of 96+ rows all within 1,024 tokens: StreamingLLM's decode steps came out 4.8% fast)
+        cap = _log_uniform(rng, max(min_context, 64), max(min_context, 64, top_context // 8))
+        contexts = [min(c, cap) for c in contexts]
+    elif rng.random() < 0.5:
         for i in rng.choice(b, size=min(b, int(rng.integers(1, 4))), replace=False):
             contexts[i] = _log_uniform(rng, max(1, top_context // 4), top_context)
     if not with_prefill:

@@ -483,9 +483,13 @@ def test_table_width_grid_spans_the_graph_widths():
 
 def scored_law(cost, shape) -> float:
     """The unscored law plus what keeping scores adds: a score pass over every key a decode row reads;
-    with prefill, an eager step's per-chunk work and the reference's materialized probabilities."""
+    with prefill, the probabilities of every causal pair and the serial walks of the longest row and
+    of the longest chunk (kernels/prefill_scores.py)."""
     if shape.prefill_chunks:
-        return law(cost, shape) + 2e-3 * len(shape.prefill_chunks) + 4e-13 * shape.prefill_attn_pairs + 1e-3
+        longest_row = max(shape.decode_max_context, *(c + n for c, n in shape.prefill_chunks))
+        longest_chunk = max(n for _, n in shape.prefill_chunks)
+        return (law(cost, shape) + 2e-7 * longest_row + 3e-7 * longest_chunk + 4e-13 * shape.prefill_attn_pairs
+                + 1e-3)
     return law(cost, shape) + 5e-11 * shape.decode_context_tokens
 
 
@@ -503,7 +507,7 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     tables = data["kv_dtypes"]["fp16"]["tables"]
     tables["random_steps"] = table(random_shapes(seed=1, count=48), law)
     unscored_only = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="a.json"))
-    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=56)], scored_law)
+    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=80)], scored_law)
     fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="b.json"))
     assert set(fitted.correction.weights) == {"decode", "prefill", "decode_scored", "prefill_scored"}
     new = random_shapes(seed=2, count=40)
@@ -528,7 +532,8 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
     data = profile_data()
     data["settings"] = {"graph": GRAPH, "scored_prefill": SCORED_PREFILL}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
-    eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-3 * len(s.prefill_chunks) + 4e-13 * s.prefill_attn_pairs
+    longest = lambda s: max(s.decode_max_context, *(c + n for c, n in s.prefill_chunks))
+    eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-7 * longest(s) + 4e-13 * s.prefill_attn_pairs
                              + 1e-3 if s.prefill_chunks else 1.2 * cost.structural(s) + 5e-11 * s.decode_context_tokens)
     shapes = [replace(s, scored=True) for s in random_shapes(seed=3, count=24)]
     data["kv_dtypes"]["fp16"]["tables"]["scored_steps"] = dict(zip(TABLES["scored_steps"], map(list, zip(
@@ -560,7 +565,7 @@ def test_scored_prefill_rows_of_profiles_before_the_score_kernel_are_left_out(tm
         *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
     tables = data["kv_dtypes"]["fp16"]["tables"]
     tables["random_steps"] = table(random_shapes(seed=1, count=48), law)
-    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=56)], scored_law)
+    tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=80)], scored_law)
     old = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="old.json"))
     data["settings"]["scored_prefill"] = SCORED_PREFILL
     new = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="new.json"))

@@ -49,3 +49,15 @@ def test_serving_family_covers_loaded_steps():
     assert 0.6 * len(mixed) <= full < len(mixed)  # three in four fill the budget (the rest: a dry queue)
     loaded = lambda comps: sum(len(c) >= 128 and max(c) >= 4096 for c, ch in comps if ch)
     assert loaded(serving) >= 3 * max(1, loaded(broad))
+
+
+def test_serving_family_covers_an_evicting_policys_batches():
+    """A third of the serving steps have every context capped at one budget (most rows at it, as
+    StreamingLLM or H2O keep them): many rows, all short, which neither family drew before (an H100
+    profile then had no such decode-only row and priced StreamingLLM's decode steps 4.8% fast)."""
+    broad, serving = families(draw())
+    capped = lambda comps: [c for c, _ in comps if len(c) >= 96 and max(c) <= 1024]
+    many_short = capped(serving)
+    assert len(many_short) >= 0.2 * len(serving) and len(capped(broad)) <= 0.05 * len(broad)
+    at_cap = [sum(x == max(c) for x in c) / len(c) for c in many_short]
+    assert np.median(at_cap) > 0.3  # most rows sit at the cap
