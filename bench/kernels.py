@@ -323,8 +323,12 @@ TUNE_INT8_MODES = ("bits", "prmt", "prmt_kv", "i8dot")
 TUNE_SPLITS = [(16, 4), (8, 4), (4, 4), (32, 4), (16, 2), (8, 2), (32, 2), (32, 1), (16, 1)]  # (programs/SM, min tiles)
 TUNE_SCORE_PROGRAMS = (8, 4, 16)
 TUNE_SCORE_BLOCKS = (256, 512, 1024)  # run 5: a candidate, not yet timed
-TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (64, 16384, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
-SPLIT_SHAPES = {128: [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: [(64, 4096, 9, 3, 64)]}
+# D64 (SmolLM2) also at 128-256 rows (one split: B x Hkv fills two waves), not only at 64: INT8's
+# kernel, tuned there (0.83-0.91x fp16's time), took 1.12-1.31x fp16's at 128-256 rows x 2,048-8,192
+# tokens in the H100 profile of 2026-12-06 10:19 (its decode_attention table)
+SMOLLM2_SHAPES = [(64, 4096, 9, 3, 64), (128, 2048, 9, 3, 64), (256, 2048, 9, 3, 64)]
+TUNE_SHAPES = {128: [(64, 4096, 32, 8, 128), (64, 16384, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: SMOLLM2_SHAPES}
+SPLIT_SHAPES = {128: [(1, 4096, 32, 8, 128), (1, 32768, 32, 8, 128), (16, 4096, 32, 8, 128)], 64: SMOLLM2_SHAPES}
 ONE_SPLIT_SHAPES = [(64, 4096, 32, 8, 128), (256, 2048, 32, 8, 128), (64, 16384, 32, 8, 128)]
 TUNE_SHARE = 0.6  # of --budget-s, from the start of the run
 

@@ -5,14 +5,14 @@ The profile measures its decode grid first, on a GPU that has just come out of i
 steps a minute later; compute mode runs a trace for tens of seconds without pause. This bench times
 the same steps (as compute mode times a step: CUDA events around the graph replay and sampling) in
 four states: cold (first thing after capture), hot (right after --load-s seconds of back-to-back
-2,048-token mixed steps), after --idle-s seconds of idling, and hot again; with the SM clock, the
+mixed steps of --step-tokens tokens), after --idle-s seconds of idling, and hot again; with the SM clock, the
 temperature, the power and the active clock-throttle reasons that nvidia-smi reports at each.
 The steps: uniform decode batches (the profile's grid), "capped" batches (contexts lognormal about
 the cap, none above it: what StreamingLLM or H2O keep, most rows at the cap) of the same rows and
 cap, and one mixed step. Prints a table and writes $OUT/warm_state_<gpu>.json (or --out).
 
     python -m bench.warm_state [--model smollm2-135m] [--kv-dtype fp16] [--load-s 30]
-    python -m bench.warm_state --device cpu --load-s 1 --idle-s 0 --reps 1 --points 4x64 --mixed 4x64   # smoke
+    python -m bench.warm_state --device cpu --load-s 1 --idle-s 0 --reps 1 --points 4x64 --mixed 4x64 --step-tokens 32   # smoke
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--kv-dtype", default="fp16")
     ap.add_argument("--points", default="64x128,128x512,256x512,128x1024", help="ROWSxCONTEXT decode batches")
     ap.add_argument("--mixed", default="128x512", help="ROWSxCONTEXT decode rows of the mixed (load) step, "
-                    "beside one chunk filling 2,048 tokens")
+                    "beside one chunk filling --step-tokens")
+    ap.add_argument("--step-tokens", type=int, default=2048, help="the mixed step's tokens (a scheduler's budget)")
     ap.add_argument("--load-s", type=float, default=30.0)
     ap.add_argument("--idle-s", type=float, default=10.0)
     ap.add_argument("--reps", type=int, default=15)
@@ -75,8 +76,11 @@ def main(argv=None) -> dict:
         lens = capped(b, c, a.seed + b)
         steps[f"capped {b}x{c} (mean {np.mean(lens):.0f})"] = lens, [1] * b
     mb, mc = (int(x) for x in a.mixed.split("x"))
-    mixed = f"mixed {mb}x{mc} + {2048 - mb}"
-    steps[mixed] = [2048 - mb] + [mc] * mb, [2048 - mb] + [1] * mb
+    chunk = a.step_tokens - mb
+    if chunk < 1:
+        raise SystemExit(f"warm_state: --step-tokens {a.step_tokens} leaves no chunk beside {mb} decode rows")
+    mixed = f"mixed {mb}x{mc} + {chunk}"
+    steps[mixed] = [chunk] + [mc] * mb, [chunk] + [1] * mb
     need = max(sum(-(-n // 16) for n in lens) for lens, _ in steps.values())
     bench = StepBench(loaded.model, a.kv_dtype, 16, want_blocks=need)
     if bench.num_blocks < need:

@@ -147,7 +147,8 @@ def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) 
     return w / scale
 
 
-DECODE_ROWS = ("longest_walk_s", "longest_walk_x_rows", "context_tokens")  # what the decode rows add, every law
+# what the decode rows add, in every law
+DECODE_ROWS = ("longest_walk_s", "skewed_walk_s", "longest_walk_x_rows", "context_tokens")
 # what scoring a step with prefill adds (kernels/prefill_scores.py; the step's rows, decode rows too, all
 # in the prefill kernels, whose programs walk a row's context unsplit): the pairs scored, the longest
 # row's tokens (its attention and LSE programs' serial walk), the longest chunk's new tokens (the
@@ -165,11 +166,17 @@ class Correction:
         inside a step's time),
         the decode rows' terms (DECODE_ROWS): L * walk(w) (the longest sequence's walk; the
         structural sum takes the larger of it and the batch's bytes, a measured step pays some of
-        both: its program may start late), that walk x decode rows (the long program shares its SM
-        with the others' programs: the more rows, the slower its walk) and the context tokens the
-        rows read (the KV bytes streamed, which the structural sum interpolates between uniform grid
-        batches), 1. The last two cut the held-out mean error of the H100 profile of 2026-12-06 08:05
-        from 3.2% to 1.8% (fp16 decode) and 3.3% to 2.7% (fp16 with prefill)
+        both: its program may start late), that walk x (1 - mean / longest context) (as far as the
+        batch is skewed: in a uniform batch every row walks as far and the bytes are the step),
+        that walk x decode rows (the long program shares its SM with the others' programs: the more
+        rows, the slower its walk) and the context tokens the rows read (the KV bytes streamed,
+        which the structural sum interpolates between uniform grid batches), 1. The last two cut
+        the held-out mean error of the H100 profile of 2026-12-06 08:05 from 3.2% to 1.8% (fp16
+        decode) and 3.3% to 2.7% (fp16 with prefill). The skewed walk (2026-12-06 11:00): over the
+        four H100 profiles of 10:08-10:38, the law's worst error on its own uniform decode grid
+        fell from 15-22% (batches of 128, contexts of 2,048-8,192) to 9% (mean of the worst), on
+        bench/warm_state.py's uniform and capped batches (measured apart from any profile) from a
+        median of 2.6% to 1.7% (worst 8.8% to 4.9%), held-out decode from 2.7% to 2.3% (mean)
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
         chunk tokens, decode rows, rows x width x block_size (as for decode-only, with the prefill
         graph's padding: sequences to a power of two, the table to the longest sequence of the step),
@@ -182,8 +189,8 @@ class Correction:
         probabilities it computes), the longest row's tokens and the longest chunk's new tokens (the
         serial walks: in the H100 profile of 2026-12-06 10:08, 8 decode rows up to 4,309 tokens and
         a 25-token chunk took 6.0 ms scored against 1.9 ms unscored; with the two walks the held-out
-        mean error fell from 9.9% to 3.3% (fp16) and from 14.0% to 3.3% (INT8)). Without a scored law, the unscored one plus the roofline's
-        score_time.
+        mean error fell from 9.9% to 3.3% (fp16) and 14.0% to 3.3% (INT8)). Without a scored law,
+        the unscored one plus the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     A kind also tries its REDUCED law (the other weights 0): structural, chunks (prefill), the
@@ -221,15 +228,15 @@ class Correction:
         b = s.num_decode_seqs
         rows, width = table = model.graph_table(s)
         walk = model.layers * model.walk_time(s, model.decode_launch(s, table))
-        decode_rows = [walk, walk * b, s.decode_context_tokens]  # DECODE_ROWS
+        skew = 1.0 - s.decode_context_tokens / (b * s.decode_max_context) if b and s.decode_max_context else 0.0
+        decode_rows = [walk, walk * skew, walk * b, s.decode_context_tokens]  # DECODE_ROWS
         if s.prefill_chunks:
             out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, *decode_rows]
             if s.scored:  # SCORED_PREFILL
                 out += [s.prefill_attn_pairs, max(s.decode_max_context, *(c + n for c, n in s.prefill_chunks)),
                         max(n for _, n in s.prefill_chunks)]
             return out + [1.0]
-        uniform = s.decode_context_tokens / (b * s.decode_max_context) if b and s.decode_max_context else 1.0
-        return [structural, structural * uniform, rows * width * model.block_size, *decode_rows, 1.0]
+        return [structural, structural * (1.0 - skew), rows * width * model.block_size, *decode_rows, 1.0]
 
     @staticmethod
     def key(s: StepShape) -> tuple:
