@@ -161,10 +161,10 @@ def _chunks(grid: ProfileGrid, rng: np.random.Generator, room: int, count: int, 
 def serving_composition(grid: ProfileGrid, rng: np.random.Generator, with_prefill: bool, min_context: int = 16):
     """One step of a loaded server (a chunked-prefill scheduler at its token budget): many decode
     rows (log-uniform in [max batch / 4, max batch]), their contexts lognormal (sigma 0.3-1.0) about
-    a median log-uniform in [128, longest / 4], and in half the steps 1-3 of them long (log-uniform
-    in [longest / 4, longest]: the long conversations a trace's tail brings); in a third of the
-    steps instead, every context capped at a budget log-uniform in [64, longest / 8], as an evicting
-    policy (StreamingLLM, H2O) keeps them: most rows at the cap. With prefill, 1-3
+    a median log-uniform in [128, longest / 4]; in a third of the steps every context capped at a
+    budget log-uniform in [64, longest / 8], as an evicting policy (StreamingLLM, H2O) keeps them
+    (most rows at the cap), in half the others 1-3 of them long (log-uniform in [longest / 4,
+    longest]: the long conversations a trace's tail brings). With prefill, 1-3
     chunks: the first half the time the rest of a prompt already partly prefilled (a log-uniform
     cached prefix), the others new prompts, the last taking what the token budget leaves (three
     steps in four; otherwise the queue ran dry and it is its own size)."""
