@@ -47,6 +47,14 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_result(out: str | None, filename: str, result: dict) -> Path:
+    """A benchmark's JSON at --out, else $OUT/filename, else bench/results/filename; says where."""
+    path = Path(out) if out else Path(os.environ.get("OUT", "bench/results")) / filename
+    write_json(path, result)
+    print(f"wrote {path}")
+    return path
+
+
 def logit_agreement(ours, ref) -> tuple[float, float, float]:
     """(max |ours - ref|, max |ref|, fraction of rows whose argmax agrees) of two logits tensors
     [..., vocab]: how the benches compare a path with its peer."""

@@ -20,13 +20,11 @@ a table and writes $OUT/decode_order_<gpu>.json (or --out).
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import environment, write_json
+from bench.common import environment, write_result
 from engine.cost_model import StepShape, cost_model_for
 from engine.gpus import get_gpu
 from engine.loader import load_model
@@ -98,9 +96,7 @@ def main(argv=None) -> dict:
               + f" {1e3 * model:9.3f}")
     result = {"benchmark": "decode_order", **environment(), "model": a.model, "kv_dtype": a.kv_dtype,
               "weights": "random", "reps": a.reps, "seed": a.seed, "store_blocks": bench.num_blocks, "rows": rows}
-    out = Path(a.out) if a.out else Path(os.environ.get("OUT", "bench/results")) / f"decode_order_{gpu}.json"
-    write_json(out, result)
-    print(f"wrote {out}")
+    write_result(a.out, f"decode_order_{gpu}.json", result)
     return result
 
 

@@ -14,16 +14,14 @@ never holds the host back). Prints tables and writes $OUT/step_overhead_<gpu>.js
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import kernels
-from bench.common import environment, logit_agreement, write_json
+from bench.common import environment, logit_agreement, write_result
 from engine.loader import load_model
 from engine.profile import StepBench
 from kernels import fused
@@ -195,9 +193,7 @@ def main(argv=None) -> dict:
         print(f"  {k:34s} {v:7.1f}")
     result = {"benchmark": "step_overhead", **environment(), "model": a.model, "kv_dtype": a.kv_dtype,
               "weights": "random", "reps": a.reps, "steps": rows, "op_host_us": ops}
-    out = Path(a.out) if a.out else Path(os.environ.get("OUT", "bench/results")) / "step_overhead_h100.json"
-    write_json(out, result)
-    print(f"wrote {out}")
+    write_result(a.out, "step_overhead_h100.json", result)
     return result
 
 

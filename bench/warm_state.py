@@ -18,15 +18,13 @@ cap, and one mixed step. Prints a table and writes $OUT/warm_state_<gpu>.json (o
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import environment, write_json
+from bench.common import environment, write_result
 from engine.gpus import get_gpu
 from engine.loader import load_model
 from engine.profile import StepBench, Timer
@@ -124,9 +122,7 @@ def main(argv=None) -> dict:
         ratios = [result["states"][s]["step_s"][cap] / result["states"][s]["step_s"][u] - 1 for s in STATES]
         print(f"{cap} / {u} - 1: " + ", ".join(f"{s} {100 * r:+.1f}%" for s, r in zip(STATES, ratios)))
     gpu = get_gpu(torch.cuda.get_device_name(device)).name if device.type == "cuda" else "cpu"
-    out = Path(a.out) if a.out else Path(os.environ.get("OUT", "bench/results")) / f"warm_state_{gpu}.json"
-    write_json(out, result)
-    print(f"wrote {out}")
+    write_result(a.out, f"warm_state_{gpu}.json", result)
     return result
 
 
