@@ -9,7 +9,9 @@
 #                                  FIDELITY_REPEAT=N runs each compute configuration N times more (run-to-run spread)
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
 #   5. bench/decode_order.py       where the long sequence sits in a decode batch (only with DECODE_ORDER_S > 0)
-#   6. bench/graph_check.py        CUDA-graph steps against eager ones, H2O's scored mixed step too (GRAPH_CHECK_S > 0)
+#   6. bench/graph_check.py        CUDA-graph steps against eager ones, H2O's scored mixed step too (GRAPH_CHECK_S > 0;
+#                                  --random-weights unless GRAPH_CHECK_ARGS says otherwise: the real weights' package,
+#                                  93 MB, is more than the device tool carries)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
 # Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S, DECODE_ORDER_S (defaults
 # below, ~10 minutes in all). KERNELS_S=0 skips part 1 and STEP_OVERHEAD_S=0 part 4 (the device tool brings
@@ -41,5 +43,6 @@ if [ "${DECODE_ORDER_S:-0}" -gt 0 ]; then
     tail -10 "$OUT/decode_order_$G.log"
 fi
 [ "${GRAPH_CHECK_S:-0}" -gt 0 ] || exit 0
-timeout "${GRAPH_CHECK_S}" python3 bench/graph_check.py --out "$OUT" > "$OUT/graph_check_$G.log" 2>&1
+timeout "${GRAPH_CHECK_S}" python3 bench/graph_check.py ${GRAPH_CHECK_ARGS---random-weights} --out "$OUT" \
+    > "$OUT/graph_check_$G.log" 2>&1
 tail -6 "$OUT/graph_check_$G.log"
