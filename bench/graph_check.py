@@ -55,8 +55,9 @@ def scored_step(loaded, gen: torch.Generator) -> dict:
     """A mixed step keeping attention scores (H2O's: 4 decode rows, a chunk after a cached prefix,
     a new prompt), replayed from its CUDA graph and run eagerly from the same cache: the largest
     |logit difference| and the largest relative difference of a layer's scores (the graph scores
-    its chunks with kernels/prefill_scores.py through the query-tile map, every row in the prefill
-    kernels). On the CPU both runs are eager (the plumbing only)."""
+    its chunks with kernels/prefill_scores.py through the query-tile map and its decode rows in the
+    decode kernel's score pass, rows packed one-token first). On the CPU both runs are eager (the
+    plumbing only)."""
     from engine.runner import ModelRunner, StepInput
     from kvcache.kv_store import PagedKVStore
 

@@ -67,6 +67,7 @@ from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
 from engine.profile_file import (
     GRID_AXES,
+    SCORED_DECODE_ROWS,
     TABLE_WIDTH_PADDING,
     TABLES,
     Profile,
@@ -149,10 +150,10 @@ def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) 
 
 # what the decode rows add, in every law
 DECODE_ROWS = ("longest_walk_s", "skewed_walk_s", "longest_walk_x_rows", "context_tokens")
-# what scoring a step with prefill adds (kernels/prefill_scores.py; the step's rows, decode rows too, all
-# in the prefill kernels, whose programs walk a row's context unsplit): the pairs scored, the longest
-# row's tokens (its attention and LSE programs' serial walk), the longest chunk's new tokens (the
-# score program of its first slots walks all of them)
+# what scoring a step with prefill adds (its chunks in kernels/prefill_scores.py, its decode rows in the
+# decode kernel's score pass): the pairs scored, the longest chunk's tokens read (its attention and LSE
+# programs walk the whole context unsplit), the longest chunk's new tokens (the score program of its
+# first slots walks all of them)
 SCORED_PREFILL = ("causal_pairs", "longest_row_tokens", "longest_chunk_tokens")
 
 
@@ -186,11 +187,12 @@ class Correction:
         score buffer's read-modify-write, which cover every key a row reads); with prefill (its
         chunks scored by kernels/prefill_scores.py in the step's graph; until 2026-12-06 an eager
         step whose chunks the torch reference scored), + SCORED_PREFILL: causal pairs (the
-        probabilities it computes), the longest row's tokens and the longest chunk's new tokens (the
-        serial walks: in the H100 profile of 2026-12-06 10:08, 8 decode rows up to 4,309 tokens and
-        a 25-token chunk took 6.0 ms scored against 1.9 ms unscored; with the two walks the held-out
-        mean error fell from 9.9% to 3.3% (fp16) and 14.0% to 3.3% (INT8)). Without a scored law,
-        the unscored one plus the roofline's score_time.
+        probabilities it computes), the longest chunk's tokens read and its new tokens (the serial
+        walks). Until 2026-12-06 11:30 every row of such a step ran in the prefill kernels, decode
+        rows too: in the H100 profile of 10:08, 8 decode rows up to 4,309 tokens and a 25-token
+        chunk took 6.0 ms scored against 1.9 ms unscored; with the walks (the longest row's then)
+        the held-out mean error fell from 9.9% to 3.3% (fp16) and 14.0% to 3.3% (INT8). Without a
+        scored law, the unscored one plus the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     A kind also tries its REDUCED law (the other weights 0): structural, chunks (prefill), the
@@ -233,8 +235,7 @@ class Correction:
         if s.prefill_chunks:
             out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, *decode_rows]
             if s.scored:  # SCORED_PREFILL
-                out += [s.prefill_attn_pairs, max(s.decode_max_context, *(c + n for c, n in s.prefill_chunks)),
-                        max(n for _, n in s.prefill_chunks)]
+                out += [s.prefill_attn_pairs, max(c + n for c, n in s.prefill_chunks), max(n for _, n in s.prefill_chunks)]
             return out + [1.0]
         return [structural, structural * (1.0 - skew), rows * width * model.block_size, *decode_rows, 1.0]
 
@@ -371,11 +372,13 @@ class CalibratedCostModel:
             self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
         self.decode_width, self.mixed_extra = self._fit_width(width, t["decode_step"])
         self.rows = self._fit_rows(t["decode_step"]) if self.mixed_extra is None else None
-        scored = t.get("scored_steps")
-        if scored and "scored_prefill" not in profile.data.get("settings", {}):
+        scored, settings = t.get("scored_steps"), profile.data.get("settings", {})
+        if scored and settings.get("scored_decode_rows") != SCORED_DECODE_ROWS:
             scored = {c: [v for v, chunks in zip(values, scored["chunks"]) if not chunks] for c, values in scored.items()}
-            self.source += ("; scored steps with prefill not used (timed eager with the torch reference scorer, "
-                            "profiles before 2026-12-06: priced as unscored plus the score bytes)")
+            how = ("every row in the prefill kernels, a long decode row one program's walk" if "scored_prefill" in settings
+                   else "eager with the torch reference scorer")
+            self.source += (f"; scored steps with prefill not used (timed {how}, profiles before 2026-12-06 11:30: "
+                            "priced as unscored plus the score bytes)")
         self.correction = Correction.fit(self, t.get("random_steps"), scored, t.get("decode_step"))
 
     def _fit_walk(self, skew: dict | None) -> Curve | None:

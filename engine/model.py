@@ -46,6 +46,8 @@ class AttentionMetadata:
     query_tiles: torch.Tensor | None = None  # [2, N] int32 prefill kernel tile map (a graph's fixed grid)
     decode_seq_lens: torch.Tensor | None = None  # [D] int32: in a step with prefill chunks, the first D
     # sequences' lengths where they feed one token (they run in the decode kernel), else 0
+    chunk_seq_lens: torch.Tensor | None = None  # [B] int32: with scores and decode_seq_lens, seq_lens with
+    # the decode kernel's rows at 0 (the prefill score kernel leaves them to the decode kernel's score pass)
 
 
 class RMSNorm(nn.Module):
@@ -111,14 +113,17 @@ class Attention(nn.Module):
             o = kernels.paged_prefill_attention(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q,
                                                 meta.seq_lens, self.scale, kv_scales=kv_scales,
                                                 max_query_len=meta.max_query_len, query_tiles=meta.query_tiles)
+            score = meta.score_out[self.layer_idx] if meta.score_out is not None else None
             if meta.decode_seq_lens is not None:  # the one-token sequences, packed first: split-K decode
                 d = len(meta.decode_seq_lens)
                 od = kernels.paged_decode_attention(q[:d], k_cache, v_cache, meta.block_tables[:d],
-                                                    meta.decode_seq_lens, self.scale, kv_scales=kv_scales)
+                                                    meta.decode_seq_lens, self.scale, kv_scales=kv_scales,
+                                                    score_out=None if score is None else score[:d])
                 o[:d] = torch.where((meta.decode_seq_lens > 0)[:, None, None], od, o[:d])
-            if meta.score_out is not None:
-                kernels.paged_prefill_scores(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, meta.seq_lens,
-                                             self.scale, meta.score_out[self.layer_idx], meta.score_windows, kv_scales,
+            if score is not None:
+                lens = meta.seq_lens if meta.chunk_seq_lens is None else meta.chunk_seq_lens
+                kernels.paged_prefill_scores(q, k_cache, v_cache, meta.block_tables, meta.cu_seqlens_q, lens,
+                                             self.scale, score, meta.score_windows, kv_scales,
                                              max_query_len=meta.max_query_len, query_tiles=meta.query_tiles)
         return self.o_proj(o.reshape(t, -1).to(x.dtype))
 

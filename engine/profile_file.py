@@ -57,6 +57,9 @@ TABLES = {  # name -> columns (the last one is the time)
 }
 TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
 TABLE_WIDTH_PADDING = "last"  # table_width pads one row's table (StepBench.inputs); older profiles padded every row
+# where a scored step with prefill runs its one-token rows (settings.scored_decode_rows): the decode kernel
+# and its score pass (engine/runner.py, split); profiles before it ran them in the prefill kernels
+SCORED_DECODE_ROWS = "decode kernel"
 GRID_AXES = {  # grid tables: (the row axis, the axis a row's points run along)
     "decode_step": ("batch", "context"), "decode_attention": ("batch", "context"),
     "decode_attention_skew": ("batch", "context"), "prefill_step": ("cached", "tokens"),

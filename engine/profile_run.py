@@ -27,6 +27,7 @@ from engine.profile_file import (
     FORMAT,
     GRID_AXES,
     SHAPE_FIELDS,
+    SCORED_DECODE_ROWS,
     TABLE_WIDTH_PADDING,
     TABLES,
     VERSION,
@@ -233,6 +234,7 @@ def header(cfg: ModelConfig, gpu: str, device: torch.device, block_size: int, gr
                          "scored_steps": {"per_kind": grid.scored_steps, "seed": 1},
                          "scored_prefill": "in the step's CUDA graph, scored by kernels/prefill_scores.py"
                          if graph.get("cuda_graphs") else "eager, scored by kernels/prefill_scores.py",
+                         "scored_decode_rows": SCORED_DECODE_ROWS,
                          "table_width": {"padded_rows": TABLE_WIDTH_PADDING},
                          "block_tables": (f"scattered: the first {scatter_gib:g} GiB of blocks in a seeded random order "
                                           "(seed 0)" if scatter_gib > 0 else "contiguous"),

@@ -13,9 +13,10 @@ launches ~300 kernels at 15-100 us each, for a few ms of GPU work):
   steps with prefill chunks: one graph per (token bucket, sequence bucket, width bucket); padding
     sequences feed no token, the tokens past the step's own write nothing, and the prefill kernel
     reads a query-tile map (kernels/tiles.py) so its grid does not depend on the chunks.
-  steps with prefill that keep attention scores (H2O, TOVA): the same, with every row in the
-    prefill kernels in the batch's order (no split-K decode rows) and the score kernel
-    (kernels/prefill_scores.py) filling score buffers shared by the graphs of one (rows, width).
+  steps with prefill that keep attention scores (H2O, TOVA): the same, the decode rows keeping
+    their scores in the decode kernel and the chunks theirs in the score kernel
+    (kernels/prefill_scores.py), into score buffers shared by the graphs of one (rows, width) whose
+    rows are in the packed order (one-token rows first): launch() adds them out in the batch's.
 Steps that score only a window of their queries (SnapKV's prompt), more tokens than
 max_graph_tokens, or wider tables than the model's positions run eagerly, as does everything
 with use_cuda_graphs=False (KVSIM_CUDA_GRAPHS=0; vLLM's enforce_eager).
@@ -64,7 +65,9 @@ class Shape:
     tiles   entries of the prefill kernel's query-tile map (0: the kernel sizes its own grid)
     split   a step with prefill chunks whose one-token sequences (decode rows) run in the decode
             kernel (split-K: a long context is not one program's serial walk): they are packed
-            first, the tile map leaves them out (not with scores: those rows keep their order)
+            first, the tile map leaves them out; with scores, each row's are in the packed order
+            (a step whose scores count only a window of its queries, SnapKV's prompt, is not split:
+            every row in the prefill kernels, in the batch's order)
     """
 
     decode: bool
@@ -101,6 +104,12 @@ def _int64s(count: int) -> struct.Struct:
     return struct.Struct(f"{count}q")
 
 
+def split_order(lens: list[int]) -> list[int]:
+    """A split step's packed order of its rows (batch indices): one-token sequences first, a stable
+    sort (each group keeps the batch's order)."""
+    return sorted(range(len(lens)), key=lambda b: lens[b] != 1)
+
+
 def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     """Every integer a step needs in one int64 array (one host-to-device copy), in _fields' layout.
     Rows past len(batch) are padding: length 0, table 0, and in a decode step one token that writes
@@ -111,9 +120,8 @@ def _pack(batch: list[StepInput], shape: Shape, tile: int = 1) -> np.ndarray:
     # No per-row numpy call (each costs ~1 us, several per row): per-row values are gathered in
     # Python lists and converted once, block tables by struct straight into their rows.
     lens = [len(s.token_ids) for s in batch]
-    order = None
-    if shape.split:  # one-token sequences first (a stable sort: each group keeps the batch's order)
-        order = sorted(range(len(batch)), key=lambda b: lens[b] != 1)
+    order = split_order(lens) if shape.split else None
+    if order is not None:
         batch, lens = [batch[b] for b in order], [lens[b] for b in order]
     n, total = len(batch), sum(lens)
     pad_tokens = 1 if shape.decode else 0  # per padding row
@@ -177,13 +185,15 @@ class ModelRunner:
     def prepare(self, batch: list[StepInput], score_out: list[torch.Tensor] | None = None,
                 score_windows: list[int] | None = None, shape: Shape | None = None):
         """-> (input_ids [T], AttentionMetadata, logits_indices [B]) on the runner's device,
-        unpadded, or padded to `shape`."""
+        unpadded, or padded to `shape`. In a split step (prefill chunks and one-token rows) the
+        model adds scores to score_out's rows in the packed order (split_order; stage() and
+        launch() add them out in the batch's)."""
         assert batch, "a step runs at least one sequence"
-        shape = shape or self._exact_shape(batch, score_out is not None)
+        shape = shape or self._exact_shape(batch, score_out is not None, score_windows)
         packed = torch.from_numpy(_pack(batch, shape, self.query_tile)).to(self.device, non_blocking=True)
         meta, ids, last = self._metadata(packed, shape, score_out)
         meta.max_query_len = max(len(s.token_ids) for s in batch)
-        if score_windows is not None:
+        if any(score_windows or ()):  # (all 0: every query counts, as without windows)
             meta.score_windows = torch.tensor(score_windows, device=self.device)
         return ids, meta, last
 
@@ -205,21 +215,42 @@ class ModelRunner:
         mode times a step from launch() on: host work is not a step's time (see engine/backends/compute.py)."""
         shape = self.graph_shape(batch, score_out, score_windows)
         if shape is None:
-            return Staged(len(batch), score_out, eager=self.prepare(batch, score_out, score_windows))
+            shape = self._exact_shape(batch, score_out is not None, score_windows)
+            rows = self._score_rows(batch, shape, score_out)
+            if rows is not None:  # scores into packed-order buffers, added out in the batch's order
+                packed_scores = [torch.zeros_like(s) for s in score_out]
+                eager = self.prepare(batch, packed_scores, score_windows, shape)
+                return Staged(len(batch), score_out, eager=eager, packed_scores=packed_scores, score_rows=rows)
+            return Staged(len(batch), score_out, eager=self.prepare(batch, score_out, score_windows, shape))
         graph = self._graphs.get(shape) or self._capture(shape)
         graph.inputs.copy_(torch.from_numpy(_pack(batch, shape, self.query_tile)), non_blocking=True)
-        return Staged(len(batch), score_out, graph=graph)
+        return Staged(len(batch), score_out, graph=graph, score_rows=self._score_rows(batch, shape, score_out))
+
+    def _score_rows(self, batch: list[StepInput], shape: Shape, score_out) -> torch.Tensor | None:
+        """For each row of a split step's score buffers (the packed order), the batch's row it
+        belongs to (None where the buffers are in the batch's order already)."""
+        if score_out is None or not shape.split:
+            return None
+        order = split_order([len(s.token_ids) for s in batch])
+        return torch.tensor(order, dtype=torch.int64).to(self.device, non_blocking=True)
 
     def launch(self, staged: Staged) -> torch.Tensor:
         """The device's part of a staged step: the model (its graph replayed, or eagerly) -> logits."""
         if staged.graph is None:
             input_ids, meta, last = staged.eager
-            return self.model(input_ids, meta, self.kv_store, logits_indices=last)
+            logits = self.model(input_ids, meta, self.kv_store, logits_indices=last)
+            for dst, src in zip(staged.score_out if staged.packed_scores else (), staged.packed_scores or ()):
+                dst.index_add_(0, staged.score_rows, src)
+            return logits
         graph = staged.graph
         graph.graph.replay()
         if staged.score_out is not None:
             for dst, src in zip(staged.score_out, graph.scores):
-                dst.add_(src[:staged.rows, :, :dst.shape[2]])
+                src = src[:staged.rows, :, :dst.shape[2]]
+                if staged.score_rows is None:
+                    dst.add_(src)
+                else:  # packed row p is the batch's row score_rows[p] (one add each: the same sums every run)
+                    dst.index_add_(0, staged.score_rows, src)
         return graph.logits[:staged.rows].clone()  # the next replay overwrites graph.logits
 
     def prepare_graph(self, batch: list[StepInput], score_out=None, score_windows=None) -> bool:
@@ -233,17 +264,17 @@ class ModelRunner:
         return True
 
     # ---- shapes --------------------------------------------------------------------------------------
-    def _prefill_shape(self, tokens: int, rows: int, width: int) -> Shape:
-        """A step with prefill chunks and no attention scores: its tile map holds the most tiles
-        `rows` sequences of `tokens` tokens can need, its decode rows run split."""
-        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), split=True)
+    def _prefill_shape(self, tokens: int, rows: int, width: int, scores: bool = False) -> Shape:
+        """A step with prefill chunks: its tile map holds the most tiles `rows` sequences of `tokens`
+        tokens can need, its decode rows run split."""
+        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), scores, split=True)
 
-    def _exact_shape(self, batch: list[StepInput], scores: bool) -> Shape:
+    def _exact_shape(self, batch: list[StepInput], scores: bool, score_windows=None) -> Shape:
         tokens, rows = sum(len(s.token_ids) for s in batch), len(batch)
         width = max(len(s.block_table) for s in batch)
-        if tokens == rows or scores:
+        if tokens == rows or any(score_windows or ()):
             return Shape(tokens == rows, tokens, rows, width, scores=scores)
-        return self._prefill_shape(tokens, rows, width)
+        return self._prefill_shape(tokens, rows, width, scores)
 
     def graph_shape(self, batch: list[StepInput], score_out=None, score_windows=None) -> Shape | None:
         """The padded shape of the graph this step replays, or None if it runs eagerly."""
@@ -259,9 +290,7 @@ class ModelRunner:
         rows, padded = bucket(n, self.seq_buckets), bucket(tokens, self.token_buckets)
         if rows is None or padded is None:
             return None
-        if score_out is not None:  # every row in the prefill kernels, in the batch's order (scores by row)
-            return Shape(False, padded, rows, width, max_query_tiles(padded, rows, self.query_tile), scores=True)
-        return self._prefill_shape(padded, rows, width)
+        return self._prefill_shape(padded, rows, width, score_out is not None)
 
     def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
                                                                                 torch.Tensor]:
@@ -275,6 +304,8 @@ class ModelRunner:
         if shape.split:  # rows of one token read their context in the decode kernel, the others nothing there
             d = shape.decode_rows
             meta.decode_seq_lens = torch.where(cu[1:d + 1] - cu[:d] == 1, seq_lens[:d], 0).to(torch.int32)
+            if score_out is not None:  # the score kernel takes the chunks alone (the others: length 0)
+                meta.chunk_seq_lens = torch.cat([meta.seq_lens[:d] - meta.decode_seq_lens, meta.seq_lens[d:]])
         return meta, ids, last
 
     # ---- CUDA graphs ---------------------------------------------------------------------------------
@@ -339,6 +370,8 @@ class Staged:
     score_out: list[torch.Tensor] | None
     graph: "_StepGraph | None" = None
     eager: tuple | None = None  # (input_ids, metadata, logits rows) of a step without a graph
+    packed_scores: list[torch.Tensor] | None = None  # an eager split step's scores, in the packed order
+    score_rows: torch.Tensor | None = None  # [B] the batch's row of each packed score row (split steps)
 
 
 @dataclass

@@ -377,6 +377,7 @@ def random_shapes(seed: int, count: int) -> list[StepShape]:
 
 
 SCORED_PREFILL = "in the step's CUDA graph, scored by kernels/prefill_scores.py"  # a profile's settings
+SCORED_SETTINGS = {"scored_prefill": SCORED_PREFILL, "scored_decode_rows": "decode kernel"}
 
 
 def uniform_rows_off(monkeypatch):
@@ -486,7 +487,7 @@ def scored_law(cost, shape) -> float:
     with prefill, the probabilities of every causal pair and the serial walks of the longest row and
     of the longest chunk (kernels/prefill_scores.py)."""
     if shape.prefill_chunks:
-        longest_row = max(shape.decode_max_context, *(c + n for c, n in shape.prefill_chunks))
+        longest_row = max(c + n for c, n in shape.prefill_chunks)
         longest_chunk = max(n for _, n in shape.prefill_chunks)
         return (law(cost, shape) + 2e-7 * longest_row + 3e-7 * longest_chunk + 4e-13 * shape.prefill_attn_pairs
                 + 1e-3)
@@ -500,7 +501,7 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     from engine.profile_file import TABLES, step_row
 
     data = profile_data()
-    data["settings"] = {"graph": GRAPH, "scored_prefill": SCORED_PREFILL}
+    data["settings"] = {"graph": GRAPH, **SCORED_SETTINGS}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
     table = lambda shapes, fn: dict(zip(TABLES["random_steps"], map(list, zip(
         *[(*step_row(s, 16, GRAPH["batch_buckets"], 16), fn(structural, s)) for s in shapes]))))
@@ -530,9 +531,9 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
     from engine.profile_file import TABLES, step_row
 
     data = profile_data()
-    data["settings"] = {"graph": GRAPH, "scored_prefill": SCORED_PREFILL}
+    data["settings"] = {"graph": GRAPH, **SCORED_SETTINGS}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
-    longest = lambda s: max(s.decode_max_context, *(c + n for c, n in s.prefill_chunks))
+    longest = lambda s: max(c + n for c, n in s.prefill_chunks)
     eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-7 * longest(s) + 4e-13 * s.prefill_attn_pairs
                              + 1e-3 if s.prefill_chunks else 1.2 * cost.structural(s) + 5e-11 * s.decode_context_tokens)
     shapes = [replace(s, scored=True) for s in random_shapes(seed=3, count=24)]
@@ -551,8 +552,10 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
 
 def test_scored_prefill_rows_of_profiles_before_the_score_kernel_are_left_out(tmp_path, monkeypatch):
     """A profile without settings.scored_prefill timed H2O's steps with prefill eagerly with the torch
-    reference scorer (~45 ms where the engine now replays a graph): those rows are not fitted, such
-    steps cost the unscored law plus the score bytes; its scored decode rows still fit their law."""
+    reference scorer (~45 ms where the engine now replays a graph), one without scored_decode_rows
+    with every row in the prefill kernels (a long decode row one program's serial walk): those rows
+    are not fitted, such steps cost the unscored law plus the score bytes; scored decode rows still
+    fit their law."""
     uniform_rows_off(monkeypatch)
     from dataclasses import replace
 
@@ -566,17 +569,22 @@ def test_scored_prefill_rows_of_profiles_before_the_score_kernel_are_left_out(tm
     tables = data["kv_dtypes"]["fp16"]["tables"]
     tables["random_steps"] = table(random_shapes(seed=1, count=48), law)
     tables["scored_steps"] = table([replace(s, scored=True) for s in random_shapes(seed=3, count=80)], scored_law)
-    old = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="old.json"))
+    eager = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="eager.json"))
     data["settings"]["scored_prefill"] = SCORED_PREFILL
+    unsplit = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="unsplit.json"))
+    data["settings"].update(SCORED_SETTINGS)
     new = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="new.json"))
-    assert set(old.correction.weights) == {"decode", "prefill", "decode_scored"} and "torch reference" in old.source
-    assert "prefill_scored" in new.correction.weights
-    for shape in random_shapes(seed=2, count=20):
-        scored = replace(shape, scored=True)
-        if shape.prefill_chunks:
-            assert old.step_time(scored) == pytest.approx(old.step_time(shape) + old.roofline.score_time(scored), rel=1e-9)
-        else:
-            assert old.step_time(scored) == pytest.approx(new.step_time(scored), rel=1e-9)
+    assert "torch reference" in eager.source and "every row in the prefill kernels" in unsplit.source
+    assert "prefill kernels" not in new.source and "prefill_scored" in new.correction.weights
+    for old in (eager, unsplit):
+        assert set(old.correction.weights) == {"decode", "prefill", "decode_scored"}
+        for shape in random_shapes(seed=2, count=20):
+            scored = replace(shape, scored=True)
+            if shape.prefill_chunks:
+                assert old.step_time(scored) == pytest.approx(old.step_time(shape) + old.roofline.score_time(scored),
+                                                              rel=1e-9)
+            else:
+                assert old.step_time(scored) == pytest.approx(new.step_time(scored), rel=1e-9)
 
 
 def test_roofline_prices_score_bytes():

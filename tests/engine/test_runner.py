@@ -18,7 +18,7 @@ import kernels
 from engine.buckets import BATCH_BUCKETS, TOKEN_BUCKETS
 from engine.buckets import bucket as _bucket
 from engine.buckets import width_bucket as _width_bucket
-from engine.runner import ModelRunner, Shape, StepInput
+from engine.runner import ModelRunner, Shape, StepInput, split_order
 from kvcache.kv_store import PagedKVStore
 
 TINY = ModelConfig(name="tiny", vocab_size=97, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=6,
@@ -141,7 +141,8 @@ def test_graph_shapes():
     assert runner.graph_shape([chunk]) == Shape(False, 320, 1, 32, 320 // runner.query_tile + 1, split=True)
     assert runner.graph_shape([chunk] * 3 + [StepInput([1] * 1148, 0, [0] * 1148, [0] * 19, 1148)]).tokens == 2048
     tile = runner.query_tile
-    assert runner.graph_shape([chunk], score_out=[]) == Shape(False, 320, 1, 32, 320 // tile + 1, scores=True)
+    assert runner.graph_shape([chunk], score_out=[]) == Shape(False, 320, 1, 32, 320 // tile + 1, scores=True,
+                                                              split=True)
     big = StepInput([1] * 2100, 0, list(range(2100)), list(range(132)), 2100)
     assert runner.graph_shape([big]) is None  # past max_graph_tokens
     runner.use_cuda_graphs = False
@@ -225,9 +226,10 @@ def test_scored_mixed_step_scores_the_same_in_the_kernel_and_the_reference(monke
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
     """A step with prefill that keeps scores, padded as its CUDA graph pads it (tokens to a bucket,
-    rows to a power of two, every row in the prefill kernels via the tile map, rows in the batch's
-    order): each real row's scores equal the unpadded step's, padding rows score nothing. The score
-    kernel reads the tile map interpreted here."""
+    rows to a power of two, the chunks in the prefill kernels via the tile map, the one-token rows
+    packed first into the decode kernel, scores by packed row): each real row's scores equal the
+    unpadded step's, padding rows score nothing. The score kernel reads the tile map interpreted
+    here."""
     monkeypatch.setenv("KVSIM_TRITON_INTERPRET", "1")
     gen = torch.Generator().manual_seed(5)
     _, store, runner = _setup()
@@ -236,7 +238,7 @@ def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
     runner.use_cuda_graphs = True
     shape = runner.graph_shape(batch, score_out=[])
     runner.use_cuda_graphs = False
-    assert shape.scores and not shape.split and shape.rows == 4 and shape.tiles > 0
+    assert shape.scores and shape.split and shape.rows == 4 and shape.tiles > 0
     state = store.k.clone(), store.v.clone()
     expected = runner.score_buffers(batch)
     logits = runner.run(batch, expected)
@@ -245,10 +247,39 @@ def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
     slots = shape.width * store.block_size
     padded = [torch.zeros(shape.rows, TINY.num_kv_heads, slots) for _ in range(TINY.num_layers)]
     ids, meta, last = runner.prepare(batch, padded, shape=shape)
-    assert meta.query_tiles is not None and meta.decode_seq_lens is None
+    assert meta.query_tiles is not None and meta.decode_seq_lens is not None
     out = runner.model(ids, meta, store, logits_indices=last)
     torch.testing.assert_close(out[:len(batch)], logits, rtol=1e-4, atol=1e-4)
+    order = split_order([len(s.token_ids) for s in batch])  # packed row p holds batch row order[p]
+    assert order == [0, 2, 3, 1]
     for want, got in zip(expected, padded):
         assert want.sum() > 0
-        torch.testing.assert_close(got[:len(batch), :, :want.shape[2]], want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got[:len(batch), :, :want.shape[2]], want[order], rtol=1e-4, atol=1e-6)
         assert got[len(batch):].eq(0).all() and got[:, :, want.shape[2]:].eq(0).all()
+
+
+def test_scored_split_step_scores_as_every_row_in_the_prefill_kernels(monkeypatch):
+    """A scored step with prefill runs its one-token rows in the decode kernel, their scores from its
+    score pass, and its chunks in the prefill kernels and the score kernel (split; until 2026-12-06
+    every row ran in the prefill kernels, a long decode row one program's serial walk): through
+    runner.run (scores added out in the batch's order) its logits and each row's scores equal the
+    step with every row in the prefill kernels, in the batch's order."""
+    monkeypatch.setenv("KVSIM_TRITON_INTERPRET", "1")
+    gen = torch.Generator().manual_seed(6)
+    _, store, runner = _setup()
+    batch = _prefill_then_decode_batch(runner, gen)
+    batch.insert(1, StepInput([3, 4, 5, 6, 7], 4, [500, 501, 502, 503, 504], [61, 62, 63], 9))
+    assert runner._exact_shape(batch, scores=True).split
+    state = store.k.clone(), store.v.clone()
+    split = runner.score_buffers(batch)
+    logits = runner.run(batch, split)
+    store.k.copy_(state[0])
+    store.v.copy_(state[1])
+    tokens, width = sum(len(s.token_ids) for s in batch), max(len(s.block_table) for s in batch)
+    whole = runner.score_buffers(batch)
+    ids, meta, last = runner.prepare(batch, whole, shape=Shape(False, tokens, len(batch), width, scores=True))
+    assert meta.decode_seq_lens is None and meta.chunk_seq_lens is None
+    torch.testing.assert_close(runner.model(ids, meta, store, logits_indices=last), logits, rtol=1e-4, atol=1e-4)
+    for got, want in zip(split, whole):
+        assert want[0].sum() > 0 and want[1].sum() > 0  # a decode row and the chunk
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
