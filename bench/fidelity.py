@@ -173,37 +173,67 @@ def replay(records, backend, kv_dtype: str, cost, count: int, reps: int, gaps=No
     return out
 
 
-def replay_in_place(recorder: StepRecorder, reps: int) -> dict:
+def replay_in_place(recorder: StepRecorder, reps: int, cost) -> dict:
     """Diagnostic: the kept steps timed again on the run's own store and block tables (the blocks
     the run gave them, scattered over the pool after evictions and refills), back to back as the
     profile times its steps (TimedStep: staged, then timed from the launch, sampling and the tokens
     back to the host included as in the run). Against the standalone replay (blocks in order), this
     says whether the step's own tables or the serving loop around it make the in-run difference.
-    Also the host's staging time (inputs packed and copied) in the run and here, warm."""
+    Each again with its rows' tables moved to consecutive blocks (every row's own, in row order, as
+    the profile lays them out; same rows, same lengths): what the run's scattered tables cost. And the
+    cost model's prediction of each against both (the step's own composition, not an aggregate's
+    reconstruction as in the standalone replay). Also the host's staging time (inputs packed and
+    copied) in the run and here, warm. Keeps each step's rows (seq_len, new tokens) and times."""
     from engine.profile import TimedStep, Timer
 
     backend, stage = recorder.backend, recorder.stage
     runner, timer, rows = backend.runner, Timer(backend.device, warmup=2, reps=reps), []
-    for index, (batch, scored, windows) in sorted(recorder.kept.items()):
-        shape, in_situ = recorder.records[index]
+
+    def timed(batch, scored, windows) -> float:
         score_out = runner.score_buffers(batch) if scored else None
         runner.prepare_graph(batch, score_out, windows)
         step = TimedStep(runner, batch, score_out, backend.sampling, backend.generator, windows)
         step(), step()
-        measured = float(np.median(timer.times(step)))
-        host = []
+        return float(np.median(timer.times(step)))
+
+    for index, (batch, scored, windows) in sorted(recorder.kept.items()):
+        shape, in_situ = recorder.records[index]
+        measured = timed(batch, scored, windows)
+        moved = consecutive_tables(batch, backend.store.block_size, backend.store.num_blocks)
+        contiguous = timed(moved, scored, windows) if moved else float("nan")
+        host, score_out = [], runner.score_buffers(batch) if scored else None
         for _ in range(reps):
             began = time.perf_counter()
             stage(batch, score_out, windows)
             host.append(time.perf_counter() - began)
         rows.append((step_kind(shape), in_situ / measured - 1, recorder.stage_host.get(index, float("nan")),
-                     float(np.median(host))))
+                     float(np.median(host)), measured / contiguous - 1, cost.step_time(shape),
+                     [[x.seq_len, len(x.token_ids)] for x in batch], in_situ, measured, contiguous))
     out = {"steps": len(rows), "reps": reps}
     for kind, sel in by_kind(rows):
+        moved = [r[4] for r in sel if np.isfinite(r[4])]
         out[kind] = {"steps": len(sel), "in_run_vs_in_place": deciles([r[1] for r in sel]),
+                     "in_place_vs_consecutive_tables": deciles(moved) if moved else None,
+                     "model_vs_in_run": deciles([r[5] / r[7] - 1 for r in sel]),
+                     "model_vs_in_place": deciles([r[5] / r[8] - 1 for r in sel]),
                      "stage_host_ms": {"in_run": float(np.median([r[2] for r in sel]) * 1e3),
                                        "in_place": float(np.median([r[3] for r in sel]) * 1e3)}}
+    out["kept"] = [{"kind": r[0], "rows": r[6], "in_run_s": r[7], "in_place_s": r[8],
+                    "consecutive_s": r[9] if np.isfinite(r[9]) else None, "predicted_s": r[5]} for r in rows]
     return out
+
+
+def consecutive_tables(batch, block_size: int, num_blocks: int):
+    """The batch with each row's table moved to consecutive blocks from 0 (rows one after another;
+    a block two rows share becomes two) and its slots with it; None if the pool is too small."""
+    out, cursor = [], 0
+    for x in batch:
+        table = list(range(cursor, cursor + len(x.block_table)))
+        cursor += len(table)
+        index = {block: i for i, block in reversed(list(enumerate(x.block_table)))}  # first index of each
+        slots = [s if s < 0 else table[index[s // block_size]] * block_size + s % block_size for s in x.slots]
+        out.append(dataclasses.replace(x, slots=slots, block_table=table))
+    return out if cursor <= num_blocks else None
 
 
 def warm_eager_steps(runner, tokens, cached) -> None:
@@ -360,7 +390,7 @@ def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict,
         row["replay"] = replay(recorder.records, recorder.backend, kv, analytic_cost(args, gpu, kv), args.replay,
                                3 if args.smoke else 5, recorder.gaps)
     if recorder.kept:
-        row["replay_in_place"] = replay_in_place(recorder, 3 if args.smoke else 5)
+        row["replay_in_place"] = replay_in_place(recorder, 3 if args.smoke else 5, analytic_cost(args, gpu, kv))
     return row, recorder.records
 
 
@@ -541,6 +571,12 @@ def print_row(r: dict) -> None:
         if place:
             print(f"      replay {kind:6s} in place ({place['steps']} steps on the run's own tables): in run / in place - 1 "
                   f"{spread(place['in_run_vs_in_place'])}")
+            if place.get("in_place_vs_consecutive_tables"):
+                print(f"      replay {kind:6s} in place / on consecutive tables - 1 "
+                      f"{spread(place['in_place_vs_consecutive_tables'])}")
+            if "model_vs_in_place" in place:
+                print(f"      replay {kind:6s} model / in run - 1 {spread(place['model_vs_in_run'])}; "
+                      f"model / in place - 1 {spread(place['model_vs_in_place'])}")
             if "stage_host_ms" in place:
                 host = place["stage_host_ms"]
                 print(f"      replay {kind:6s} host staging (untimed): {host['in_run']:.2f} ms in the run, "

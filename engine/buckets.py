@@ -14,6 +14,19 @@ TOKEN_BUCKETS = list(range(16, 128, 16)) + [p + i * p // 8 for p in (128, 256, 5
                                            for i in range(8)] + [8192]
 SEQ_BUCKETS = [1 << i for i in range(10)]
 MAX_GRAPH_TOKENS = 2048  # the scheduler's default step budget; larger prefill steps are GPU-bound anyway
+# A scored step with prefill (H2O, TOVA) runs its one-token rows in the decode kernel (split-K, scores
+# from its score pass) when the longest of them reads this many tokens or more; below, every row runs in
+# the prefill and score kernels (one launch each a layer; the split's decode kernel, score pass and merge
+# cost more than a short row's walk). SmolLM2-135M on an H100, the same 80 seeded compositions both ways
+# (profiles of 2026-12-06 10:19 and 11:40): split / unsplit 1.03-1.15 with no decode row, 1.07-1.11
+# (median by bin) with the longest under 2,048 tokens, 1.02-1.08 at 2,048-3,072, 0.82-1.01 at
+# 3,072-4,096, 0.68-0.88 past 4,096 (down to 0.23 for a few long rows beside a short chunk).
+SCORED_SPLIT_MIN_CONTEXT = 3072
+
+
+def scored_split(longest_decode_row: int) -> bool:
+    """Whether a scored step with prefill runs its one-token rows in the decode kernel."""
+    return longest_decode_row >= SCORED_SPLIT_MIN_CONTEXT
 
 
 def bucket(n: int, buckets) -> int | None:

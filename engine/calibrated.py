@@ -61,7 +61,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from engine.buckets import bucket, width_bucket
+from engine.buckets import bucket, scored_split, width_bucket
 from engine.config import ModelConfig
 from engine.cost_model import CostModel, StepShape
 from engine.gpus import GPU
@@ -150,10 +150,11 @@ def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) 
 
 # what the decode rows add, in every law
 DECODE_ROWS = ("longest_walk_s", "skewed_walk_s", "longest_walk_x_rows", "context_tokens")
-# what scoring a step with prefill adds (its chunks in kernels/prefill_scores.py, its decode rows in the
-# decode kernel's score pass): the pairs scored, the longest chunk's tokens read (its attention and LSE
-# programs walk the whole context unsplit), the longest chunk's new tokens (the score program of its
-# first slots walks all of them)
+# what scoring a step with prefill adds (its chunks in kernels/prefill_scores.py; its decode rows there
+# too, or in the decode kernel's score pass where one is long: engine/buckets.scored_split): the pairs
+# scored, the longest row's tokens read in the prefill kernels (their attention and LSE programs walk a
+# row's whole context unsplit), the longest chunk's new tokens (the score program of its first slots
+# walks all of them)
 SCORED_PREFILL = ("causal_pairs", "longest_row_tokens", "longest_chunk_tokens")
 
 
@@ -188,11 +189,13 @@ class Correction:
         chunks scored by kernels/prefill_scores.py in the step's graph; until 2026-12-06 an eager
         step whose chunks the torch reference scored), + SCORED_PREFILL: causal pairs (the
         probabilities it computes), the longest chunk's tokens read and its new tokens (the serial
-        walks). Until 2026-12-06 11:30 every row of such a step ran in the prefill kernels, decode
-        rows too: in the H100 profile of 10:08, 8 decode rows up to 4,309 tokens and a 25-token
-        chunk took 6.0 ms scored against 1.9 ms unscored; with the walks (the longest row's then)
-        the held-out mean error fell from 9.9% to 3.3% (fp16) and 14.0% to 3.3% (INT8). Without a
-        scored law, the unscored one plus the roofline's score_time.
+        walks: the longest row's, decode rows included where they run in the prefill kernels).
+        Until 2026-12-06 12:30 every row of such a step ran in the prefill kernels, decode rows
+        too, however long: in the H100 profile of 10:08, 8 decode rows up to 4,309 tokens and a
+        25-token chunk took 6.0 ms scored against 1.9 ms unscored; with the walks the held-out
+        mean error fell from 9.9% to 3.3% (fp16) and 14.0% to 3.3% (INT8). Now a long decode row
+        splits the step (engine/buckets.scored_split). Without a scored law, the unscored one plus
+        the roofline's score_time.
     Least squares of the relative error (each row divided by its time: small steps count as much as
     large ones), coefficients >= 0 but the constant, checked on held-out rows first (_checked_fit).
     A kind also tries its REDUCED law (the other weights 0): structural, chunks (prefill), the
@@ -235,7 +238,10 @@ class Correction:
         if s.prefill_chunks:
             out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, *decode_rows]
             if s.scored:  # SCORED_PREFILL
-                out += [s.prefill_attn_pairs, max(c + n for c, n in s.prefill_chunks), max(n for _, n in s.prefill_chunks)]
+                longest = max(c + n for c, n in s.prefill_chunks)
+                if not scored_split(s.decode_max_context):  # the decode rows in the prefill kernels too
+                    longest = max(longest, s.decode_max_context)
+                out += [s.prefill_attn_pairs, longest, max(n for _, n in s.prefill_chunks)]
             return out + [1.0]
         return [structural, structural * (1.0 - skew), rows * width * model.block_size, *decode_rows, 1.0]
 
@@ -375,9 +381,10 @@ class CalibratedCostModel:
         scored, settings = t.get("scored_steps"), profile.data.get("settings", {})
         if scored and settings.get("scored_decode_rows") != SCORED_DECODE_ROWS:
             scored = {c: [v for v, chunks in zip(values, scored["chunks"]) if not chunks] for c, values in scored.items()}
-            how = ("every row in the prefill kernels, a long decode row one program's walk" if "scored_prefill" in settings
-                   else "eager with the torch reference scorer")
-            self.source += (f"; scored steps with prefill not used (timed {how}, profiles before 2026-12-06 11:30: "
+            how = ("the one-token rows in the decode kernel however short" if "scored_decode_rows" in settings
+                   else "every row in the prefill kernels, a long decode row one program's walk" if "scored_prefill"
+                   in settings else "eager with the torch reference scorer")
+            self.source += (f"; scored steps with prefill not used (timed {how}, profiles before 2026-12-06 12:30: "
                             "priced as unscored plus the score bytes)")
         self.correction = Correction.fit(self, t.get("random_steps"), scored, t.get("decode_step"))
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from engine.buckets import bucket, width_bucket
+from engine.buckets import SCORED_SPLIT_MIN_CONTEXT, bucket, width_bucket
 from engine.config import ModelConfig
 from engine.cost_model import StepShape, causal_pairs
 from engine.errors import ConfigError
@@ -58,8 +58,10 @@ TABLES = {  # name -> columns (the last one is the time)
 TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
 TABLE_WIDTH_PADDING = "last"  # table_width pads one row's table (StepBench.inputs); older profiles padded every row
 # where a scored step with prefill runs its one-token rows (settings.scored_decode_rows): the decode kernel
-# and its score pass (engine/runner.py, split); profiles before it ran them in the prefill kernels
-SCORED_DECODE_ROWS = "decode kernel"
+# and its score pass where one is long (engine/buckets.scored_split), else the prefill kernels; profiles
+# before it ran them in the prefill kernels however long (and one of 2026-12-06 11:40 in the decode kernel
+# however short: "decode kernel")
+SCORED_DECODE_ROWS = f"decode kernel from {SCORED_SPLIT_MIN_CONTEXT} tokens, else prefill kernels"
 GRID_AXES = {  # grid tables: (the row axis, the axis a row's points run along)
     "decode_step": ("batch", "context"), "decode_attention": ("batch", "context"),
     "decode_attention_skew": ("batch", "context"), "prefill_step": ("cached", "tokens"),

@@ -13,10 +13,12 @@ launches ~300 kernels at 15-100 us each, for a few ms of GPU work):
   steps with prefill chunks: one graph per (token bucket, sequence bucket, width bucket); padding
     sequences feed no token, the tokens past the step's own write nothing, and the prefill kernel
     reads a query-tile map (kernels/tiles.py) so its grid does not depend on the chunks.
-  steps with prefill that keep attention scores (H2O, TOVA): the same, the decode rows keeping
-    their scores in the decode kernel and the chunks theirs in the score kernel
-    (kernels/prefill_scores.py), into score buffers shared by the graphs of one (rows, width) whose
-    rows are in the packed order (one-token rows first): launch() adds them out in the batch's.
+  steps with prefill that keep attention scores (H2O, TOVA): the same, the chunks keeping their
+    scores in the score kernel (kernels/prefill_scores.py), into score buffers shared by the graphs
+    of one (rows, width). Where a one-token row reads SCORED_SPLIT_MIN_CONTEXT tokens or more
+    (engine/buckets.py), the decode rows run split and keep theirs in the decode kernel's score pass,
+    the buffers' rows in the packed order (one-token rows first: launch() adds them out in the
+    batch's); otherwise every row runs in the prefill kernels, in the batch's order.
 Steps that score only a window of their queries (SnapKV's prompt), more tokens than
 max_graph_tokens, or wider tables than the model's positions run eagerly, as does everything
 with use_cuda_graphs=False (KVSIM_CUDA_GRAPHS=0; vLLM's enforce_eager).
@@ -33,7 +35,8 @@ from itertools import accumulate, chain
 import numpy as np
 import torch
 
-from engine.buckets import BATCH_BUCKETS, MAX_GRAPH_TOKENS, SEQ_BUCKETS, TOKEN_BUCKETS, bucket, width_bucket
+from engine.buckets import (BATCH_BUCKETS, MAX_GRAPH_TOKENS, SEQ_BUCKETS, TOKEN_BUCKETS, bucket, scored_split,
+                            width_bucket)
 from engine.model import AttentionMetadata, LlamaModel
 from kernels.tiles import max_query_tiles, prefill_query_tile, prefill_query_tiles
 
@@ -65,9 +68,10 @@ class Shape:
     tiles   entries of the prefill kernel's query-tile map (0: the kernel sizes its own grid)
     split   a step with prefill chunks whose one-token sequences (decode rows) run in the decode
             kernel (split-K: a long context is not one program's serial walk): they are packed
-            first, the tile map leaves them out; with scores, each row's are in the packed order
-            (a step whose scores count only a window of its queries, SnapKV's prompt, is not split:
-            every row in the prefill kernels, in the batch's order)
+            first, the tile map leaves them out; with scores, each row's are in the packed order.
+            Not split with scores unless a one-token row is long (scored_split), nor where the scores
+            count only a window of the queries (SnapKV's prompt): every row in the prefill kernels,
+            in the batch's order
     """
 
     decode: bool
@@ -264,17 +268,23 @@ class ModelRunner:
         return True
 
     # ---- shapes --------------------------------------------------------------------------------------
-    def _prefill_shape(self, tokens: int, rows: int, width: int, scores: bool = False) -> Shape:
+    def _prefill_shape(self, tokens: int, rows: int, width: int, scores: bool = False, split: bool = True) -> Shape:
         """A step with prefill chunks: its tile map holds the most tiles `rows` sequences of `tokens`
-        tokens can need, its decode rows run split."""
-        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), scores, split=True)
+        tokens can need, its decode rows run split (unless `split` is False)."""
+        return Shape(False, tokens, rows, width, max_query_tiles(tokens, rows, self.query_tile), scores, split)
+
+    @staticmethod
+    def _splits(batch: list[StepInput], scores: bool) -> bool:
+        """Whether a step with prefill runs its one-token rows in the decode kernel: always without
+        scores, with them only if one is long (scored_split)."""
+        return not scores or scored_split(max((s.seq_len for s in batch if len(s.token_ids) == 1), default=0))
 
     def _exact_shape(self, batch: list[StepInput], scores: bool, score_windows=None) -> Shape:
         tokens, rows = sum(len(s.token_ids) for s in batch), len(batch)
         width = max(len(s.block_table) for s in batch)
         if tokens == rows or any(score_windows or ()):
             return Shape(tokens == rows, tokens, rows, width, scores=scores)
-        return self._prefill_shape(tokens, rows, width, scores)
+        return self._prefill_shape(tokens, rows, width, scores, self._splits(batch, scores))
 
     def graph_shape(self, batch: list[StepInput], score_out=None, score_windows=None) -> Shape | None:
         """The padded shape of the graph this step replays, or None if it runs eagerly."""
@@ -290,7 +300,8 @@ class ModelRunner:
         rows, padded = bucket(n, self.seq_buckets), bucket(tokens, self.token_buckets)
         if rows is None or padded is None:
             return None
-        return self._prefill_shape(padded, rows, width, score_out is not None)
+        scores = score_out is not None
+        return self._prefill_shape(padded, rows, width, scores, self._splits(batch, scores))
 
     def _metadata(self, packed: torch.Tensor, shape: Shape, score_out) -> tuple[AttentionMetadata, torch.Tensor,
                                                                                 torch.Tensor]:

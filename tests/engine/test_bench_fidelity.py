@@ -124,3 +124,22 @@ def test_first_of_graph_splits_each_graphs_first_step_from_the_rest():
     assert out["graphs"] == 3
     assert out["first_signed_median"] == pytest.approx(1 / 1.2 - 1) and out["others_signed_median"] == pytest.approx(0)
     assert out["first_excess_ms"] == pytest.approx(1e3 * 0.2 * sum(cost.step_time(s) for s in (a, b, c)))
+
+
+def test_consecutive_tables_move_each_rows_blocks_and_slots_together():
+    """The in-place replay's layout check: every row's table on consecutive blocks (rows one after
+    another, a shared block once per row), each slot on the same offset of its block's new place,
+    slots that write nothing (-1) untouched; a pool too small gives None."""
+    from engine.runner import StepInput
+
+    bs = 4
+    chunk = StepInput([1, 2, 3], 5, [9 * bs + 1, 9 * bs + 2, 9 * bs + 3], [7, 9], 8)  # positions 5-7: block 9
+    decode = StepInput([4], 12, [2 * bs], [9, 30, 31, 2], 13)  # shares block 9 with the chunk
+    padding = StepInput([5], 0, [-1], [3], 1)
+    moved = fidelity.consecutive_tables([chunk, decode, padding], bs, num_blocks=7)
+    assert [x.block_table for x in moved] == [[0, 1], [2, 3, 4, 5], [6]]
+    assert moved[0].slots == [1 * bs + 1, 1 * bs + 2, 1 * bs + 3]  # block 9 was the chunk's second
+    assert moved[1].slots == [5 * bs] and moved[2].slots == [-1]
+    assert [(x.token_ids, x.start_position, x.seq_len) for x in moved] == [
+        (x.token_ids, x.start_position, x.seq_len) for x in (chunk, decode, padding)]
+    assert fidelity.consecutive_tables([chunk, decode, padding], bs, num_blocks=6) is None

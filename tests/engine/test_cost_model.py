@@ -14,8 +14,10 @@ from engine.calibrated import CalibratedCostModel, Correction, Curve
 from engine.config import PRESETS
 from engine.cost_model import CostModel, StepShape, cost_model_for
 from engine.gpus import get_gpu
+from engine.buckets import scored_split
 from engine.profile_file import (
     FORMAT,
+    SCORED_DECODE_ROWS,
     SHAPE_FIELDS,
     VERSION,
     ProfileError,
@@ -377,7 +379,7 @@ def random_shapes(seed: int, count: int) -> list[StepShape]:
 
 
 SCORED_PREFILL = "in the step's CUDA graph, scored by kernels/prefill_scores.py"  # a profile's settings
-SCORED_SETTINGS = {"scored_prefill": SCORED_PREFILL, "scored_decode_rows": "decode kernel"}
+SCORED_SETTINGS = {"scored_prefill": SCORED_PREFILL, "scored_decode_rows": SCORED_DECODE_ROWS}
 
 
 def uniform_rows_off(monkeypatch):
@@ -484,18 +486,28 @@ def test_table_width_grid_spans_the_graph_widths():
 
 def scored_law(cost, shape) -> float:
     """The unscored law plus what keeping scores adds: a score pass over every key a decode row reads;
-    with prefill, the probabilities of every causal pair and the serial walks of the longest row and
-    of the longest chunk (kernels/prefill_scores.py)."""
+    with prefill, the probabilities of every causal pair and the serial walks of the longest row in the
+    prefill kernels (a decode row's too unless the step splits) and of the longest chunk
+    (kernels/prefill_scores.py)."""
     if shape.prefill_chunks:
-        longest_row = max(c + n for c, n in shape.prefill_chunks)
-        longest_chunk = max(n for _, n in shape.prefill_chunks)
+        longest_row, longest_chunk = longest_prefill_row(shape), max(n for _, n in shape.prefill_chunks)
         return (law(cost, shape) + 2e-7 * longest_row + 3e-7 * longest_chunk + 4e-13 * shape.prefill_attn_pairs
                 + 1e-3)
     return law(cost, shape) + 5e-11 * shape.decode_context_tokens
 
 
+def longest_prefill_row(shape) -> int:
+    """The most tokens a row of a scored step with prefill reads in the prefill kernels: the longest
+    chunk's, or a decode row's where the step does not split (scored_split)."""
+    longest = max(c + n for c, n in shape.prefill_chunks)
+    return longest if scored_split(shape.decode_max_context) else max(longest, shape.decode_max_context)
+
+
 def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monkeypatch):
     uniform_rows_off(monkeypatch)
+    # both kinds of scored step with prefill among the random compositions (contexts up to 2,048):
+    # decode rows split from 1,024 tokens, in the prefill kernels below
+    monkeypatch.setattr("engine.buckets.SCORED_SPLIT_MIN_CONTEXT", 1024)
     from dataclasses import replace
 
     from engine.profile_file import TABLES, step_row
@@ -512,6 +524,8 @@ def test_scored_steps_fit_their_own_law_and_keep_the_unscored_one(tmp_path, monk
     fitted = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="b.json"))
     assert set(fitted.correction.weights) == {"decode", "prefill", "decode_scored", "prefill_scored"}
     new = random_shapes(seed=2, count=40)
+    splits = {scored_split(s.decode_max_context) for s in new if s.prefill_chunks and s.num_decode_seqs}
+    assert splits == {False, True}
     for shape in new:
         scored = replace(shape, scored=True)
         assert fitted.step_time(shape) == pytest.approx(unscored_only.step_time(shape), rel=1e-9)
@@ -533,8 +547,7 @@ def test_a_profile_cut_short_fits_the_reduced_scored_law(tmp_path):
     data = profile_data()
     data["settings"] = {"graph": GRAPH, **SCORED_SETTINGS}
     structural = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data))
-    longest = lambda s: max(c + n for c, n in s.prefill_chunks)
-    eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-7 * longest(s) + 4e-13 * s.prefill_attn_pairs
+    eager = lambda cost, s: (1.5 * cost.structural(s) + 2e-7 * longest_prefill_row(s) + 4e-13 * s.prefill_attn_pairs
                              + 1e-3 if s.prefill_chunks else 1.2 * cost.structural(s) + 5e-11 * s.decode_context_tokens)
     shapes = [replace(s, scored=True) for s in random_shapes(seed=3, count=24)]
     data["kv_dtypes"]["fp16"]["tables"]["scored_steps"] = dict(zip(TABLES["scored_steps"], map(list, zip(
@@ -572,11 +585,14 @@ def test_scored_prefill_rows_of_profiles_before_the_score_kernel_are_left_out(tm
     eager = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="eager.json"))
     data["settings"]["scored_prefill"] = SCORED_PREFILL
     unsplit = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="unsplit.json"))
+    data["settings"]["scored_decode_rows"] = "decode kernel"  # a profile of 2026-12-06 11:40: always split
+    split = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="split.json"))
     data["settings"].update(SCORED_SETTINGS)
     new = cost_model_for(MODEL, H100, "fp16", profile=write_profile(tmp_path, data, name="new.json"))
     assert "torch reference" in eager.source and "every row in the prefill kernels" in unsplit.source
-    assert "prefill kernels" not in new.source and "prefill_scored" in new.correction.weights
-    for old in (eager, unsplit):
+    assert "however short" in split.source
+    assert "not used" not in new.source and "prefill_scored" in new.correction.weights
+    for old in (eager, unsplit, split):
         assert set(old.correction.weights) == {"decode", "prefill", "decode_scored"}
         for shape in random_shapes(seed=2, count=20):
             scored = replace(shape, scored=True)

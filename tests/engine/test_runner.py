@@ -8,6 +8,8 @@ on the CPU reference path and, for the tile map, the prefill kernel under the in
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -129,7 +131,7 @@ def test_padded_mixed_step_equals_unpadded_and_writes_nothing_extra():
     _padded_equals_unpadded(runner, store, batch, shape, interpret=True)
 
 
-def test_graph_shapes():
+def test_graph_shapes(monkeypatch):
     gen = torch.Generator().manual_seed(4)
     _, _, runner = _setup()
     batch = _prefill_then_decode_batch(runner, gen)
@@ -141,8 +143,13 @@ def test_graph_shapes():
     assert runner.graph_shape([chunk]) == Shape(False, 320, 1, 32, 320 // runner.query_tile + 1, split=True)
     assert runner.graph_shape([chunk] * 3 + [StepInput([1] * 1148, 0, [0] * 1148, [0] * 19, 1148)]).tokens == 2048
     tile = runner.query_tile
-    assert runner.graph_shape([chunk], score_out=[]) == Shape(False, 320, 1, 32, 320 // tile + 1, scores=True,
-                                                              split=True)
+    # scored: every row in the prefill kernels, unless a one-token row is long (engine/buckets.scored_split)
+    assert runner.graph_shape([chunk], score_out=[]) == Shape(False, 320, 1, 32, 320 // tile + 1, scores=True)
+    monkeypatch.setattr("engine.buckets.SCORED_SPLIT_MIN_CONTEXT", 64)  # (3,072 tokens: wider than this store)
+    long_row = StepInput([1], 63, [63], list(range(4)), 64)
+    assert runner.graph_shape([chunk, long_row], score_out=[]).split
+    assert not runner.graph_shape([chunk, replace(long_row, seq_len=63)], score_out=[]).split
+    assert runner.graph_shape([chunk, long_row]).split and runner.graph_shape([chunk, replace(long_row, seq_len=5)]).split
     big = StepInput([1] * 2100, 0, list(range(2100)), list(range(132)), 2100)
     assert runner.graph_shape([big]) is None  # past max_graph_tokens
     runner.use_cuda_graphs = False
@@ -224,13 +231,15 @@ def test_scored_mixed_step_scores_the_same_in_the_kernel_and_the_reference(monke
 # the padding tokens (of no sequence) carry an unwritten attention output through the interpreted
 # RMSNorm, which may overflow; their rows are never read
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
+@pytest.mark.parametrize("split", [False, True])
+def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch, split):
     """A step with prefill that keeps scores, padded as its CUDA graph pads it (tokens to a bucket,
-    rows to a power of two, the chunks in the prefill kernels via the tile map, the one-token rows
-    packed first into the decode kernel, scores by packed row): each real row's scores equal the
-    unpadded step's, padding rows score nothing. The score kernel reads the tile map interpreted
-    here."""
+    rows to a power of two, the chunks in the prefill kernels via the tile map; the one-token rows
+    there too in the batch's order, or split: packed first into the decode kernel, scores by packed
+    row): each real row's scores equal the unpadded step's, padding rows score nothing. The score
+    kernel reads the tile map interpreted here."""
     monkeypatch.setenv("KVSIM_TRITON_INTERPRET", "1")
+    monkeypatch.setattr("engine.buckets.SCORED_SPLIT_MIN_CONTEXT", 1 if split else 10**9)
     gen = torch.Generator().manual_seed(5)
     _, store, runner = _setup()
     batch = _prefill_then_decode_batch(runner, gen)
@@ -238,7 +247,7 @@ def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
     runner.use_cuda_graphs = True
     shape = runner.graph_shape(batch, score_out=[])
     runner.use_cuda_graphs = False
-    assert shape.scores and shape.split and shape.rows == 4 and shape.tiles > 0
+    assert shape.scores and shape.split == split and shape.rows == 4 and shape.tiles > 0
     state = store.k.clone(), store.v.clone()
     expected = runner.score_buffers(batch)
     logits = runner.run(batch, expected)
@@ -247,11 +256,12 @@ def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
     slots = shape.width * store.block_size
     padded = [torch.zeros(shape.rows, TINY.num_kv_heads, slots) for _ in range(TINY.num_layers)]
     ids, meta, last = runner.prepare(batch, padded, shape=shape)
-    assert meta.query_tiles is not None and meta.decode_seq_lens is not None
+    assert meta.query_tiles is not None and (meta.decode_seq_lens is not None) == split
     out = runner.model(ids, meta, store, logits_indices=last)
     torch.testing.assert_close(out[:len(batch)], logits, rtol=1e-4, atol=1e-4)
-    order = split_order([len(s.token_ids) for s in batch])  # packed row p holds batch row order[p]
-    assert order == [0, 2, 3, 1]
+    # packed row p holds batch row order[p]
+    order = split_order([len(s.token_ids) for s in batch]) if split else list(range(len(batch)))
+    assert order == ([0, 2, 3, 1] if split else [0, 1, 2, 3])
     for want, got in zip(expected, padded):
         assert want.sum() > 0
         torch.testing.assert_close(got[:len(batch), :, :want.shape[2]], want[order], rtol=1e-4, atol=1e-6)
@@ -259,12 +269,13 @@ def test_padded_scored_mixed_step_scores_each_row_as_unpadded(monkeypatch):
 
 
 def test_scored_split_step_scores_as_every_row_in_the_prefill_kernels(monkeypatch):
-    """A scored step with prefill runs its one-token rows in the decode kernel, their scores from its
-    score pass, and its chunks in the prefill kernels and the score kernel (split; until 2026-12-06
-    every row ran in the prefill kernels, a long decode row one program's serial walk): through
-    runner.run (scores added out in the batch's order) its logits and each row's scores equal the
-    step with every row in the prefill kernels, in the batch's order."""
+    """A scored step with prefill and a long one-token row (scored_split; the bar lowered here) runs
+    its one-token rows in the decode kernel, their scores from its score pass, and its chunks in the
+    prefill kernels and the score kernel: through runner.run (scores added out in the batch's order)
+    its logits and each row's scores equal the step with every row in the prefill kernels, in the
+    batch's order."""
     monkeypatch.setenv("KVSIM_TRITON_INTERPRET", "1")
+    monkeypatch.setattr("engine.buckets.SCORED_SPLIT_MIN_CONTEXT", 8)
     gen = torch.Generator().manual_seed(6)
     _, store, runner = _setup()
     batch = _prefill_then_decode_batch(runner, gen)
