@@ -79,6 +79,8 @@ class StepRecorder:
 
     def attach(self, sim) -> None:
         backend = self.backend = sim.backend
+        from kvsim.profile_serving import warm_eager_steps
+
         warm_eager_steps(backend.runner, *self.eager_sizes)
         execute = backend.execute
 
@@ -236,24 +238,6 @@ def consecutive_tables(batch, block_size: int, num_blocks: int):
     return out if cursor <= num_blocks else None
 
 
-def warm_eager_steps(runner, tokens, cached) -> None:
-    """Prefill and mixed steps of assorted sizes run eagerly (slot -1 writes nowhere), so that
-    Triton has compiled their variants before a step that runs eagerly (more tokens than a graph
-    takes) is timed."""
-    from engine.runner import StepInput
-
-    block_size, graphs = runner.kv_store.block_size, runner.use_cuda_graphs
-    runner.use_cuda_graphs = False
-    try:
-        for n in tokens:
-            for c in cached:
-                chunk = StepInput([0] * n, c, [-1] * n, [0] * -(-(c + n) // block_size), c + n)
-                runner.run([chunk])
-                runner.run([chunk, *[StepInput([0], 40, [-1], [0] * 3, 41) for _ in range(3)]])
-    finally:
-        runner.use_cuda_graphs = graphs
-
-
 def step_kind(shape) -> str:
     return "decode" if not shape.prefill_chunks else "mixed" if shape.num_decode_seqs else "prefill"
 
@@ -370,9 +354,10 @@ def make_point(args, kv: str, policy: str, trace: Path, gpu: str, backend: str):
 
 def run_config(args, kv: str, policy: str, trace: Path, gpu: str) -> tuple[dict, list]:
     """The compute run of one configuration, then its scoring -> (result row, step records)."""
+    from kvsim.profile_serving import EAGER_WARMUP
     from kvsim.simulate import run_point
 
-    recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else ((1, 7, 16, 100, 1000), (0, 37, 1024)),
+    recorder = StepRecorder(((1, 7), (0, 37)) if args.smoke else EAGER_WARMUP,
                             keep_every=max(0, args.in_place))
     start = time.perf_counter()
     compute = run_point(make_point(args, kv, policy, trace, gpu, "compute"), on_build=recorder.attach)
@@ -486,6 +471,27 @@ def use_profile(path: str, gpu: str) -> None:
     os.environ["KVSIM_PROFILES"] = str(Path(path).resolve())
 
 
+FULL_AZURE_CONV = "AzureLLMInferenceTrace_conv.csv"  # the package's trace is its first 2,000 rows
+
+
+def check_disjoint(args, source: Path, gpu: str) -> None:
+    """Refuse a slice whose requests the analytic side's profile fitted (its serving_steps: the first
+    rows of the package's trace, kvsim/profile_serving.py): the issue's rule, no fitted composition
+    scored."""
+    from workloads import DEFAULT_TRACE
+
+    for kv in args.kv_dtypes.split(","):
+        cost = analytic_cost(args, gpu, kv)
+        serving = cost.profile.data.get("settings", {}).get("serving_steps") if hasattr(cost, "profile") else None
+        if not serving or not serving.get("shipped") or source.name not in (DEFAULT_TRACE.name, FULL_AZURE_CONV):
+            continue
+        first, end = serving["rows"]
+        if args.offset < end and args.offset + args.requests > first:
+            sys.exit(f"fidelity: rows {args.offset}-{args.offset + args.requests} of {source.name} overlap rows "
+                     f"{first}-{end}, whose steps the {kv} profile ({cost.profile.path.name}) fitted; take --offset "
+                     f"{end} or more (rows past 2,000: --trace the full {FULL_AZURE_CONV})")
+
+
 def trace_source(args) -> Path:
     """--trace (an Azure-format CSV: the full conversation trace holds fresh rows past the 2,000
     the package ships) or the shipped one."""
@@ -513,6 +519,8 @@ def rescore(args) -> None:
     source = trace_source(args)
     if source.name != recorded["trace"]:
         sys.exit(f"fidelity: {path} replayed {recorded['trace']}; name that file with --trace (given: {source})")
+    args.kv_dtypes = ",".join(sorted({row["kv_dtype"] for row in recorded["configs"]}))
+    check_disjoint(args, source, recorded["gpu_preset"])
     trace = capped_trace(source, args.requests, args.max_prompt, args.max_output,
                          Path(tempfile.mkdtemp(prefix="fidelity-")), args.offset)
     result = {**recorded, "rescored": {**env(), "of": path.name}, "configs": []}
@@ -645,6 +653,7 @@ def main() -> None:
         args.profile = args.profile or str(smoke_profile(work, args.kv_dtypes))
     if args.profile:
         use_profile(args.profile, gpu)
+    check_disjoint(args, source, gpu)
     trace = capped_trace(source, args.requests, args.max_prompt, args.max_output, work, args.offset)
     result = {"benchmark": "fidelity", **environment(), "gpu_preset": gpu, "model": args.model,
               "weights": "random" if args.random_weights else "real", "trace": source.name,

@@ -45,11 +45,14 @@ Grid points that exceed both neighbours along their row by profile_file.SPIKE ar
 That structural sum is then corrected by a small linear law per kind of step (class Correction),
 fitted at load time to the profile's random_steps table (and, for steps that keep attention
 scores, its scored_steps table): whole steps of seeded random
-compositions (heterogeneous contexts, several chunks) timed as compute mode times them. Uniform
-grid points miss what serving steps pay for: the padded CUDA graph (rows x block-table width:
-host packing, split count), per-chunk work of eager steps. The fitting rows are random
-compositions, never the trace's steps that bench/fidelity.py scores (it leaves out any equal
-one); a profile without the table keeps the structural sum.
+compositions (heterogeneous contexts, several chunks) timed as compute mode times them; and with
+them its serving_steps (serving_scored_steps): the steps of a short slice of the package's trace
+served in compute mode (kvsim/profile_serving.py). Uniform grid points miss what serving steps pay
+for: the padded CUDA graph (rows x block-table width: host packing, split count), per-chunk work of
+eager steps; random compositions miss how a serving engine's steps look together. The fitting rows
+are never the trace rows bench/fidelity.py scores (it refuses a slice that overlaps the profile's
+and leaves out any composition equal to a fitted one); a profile without the tables keeps the
+structural sum.
 """
 
 from __future__ import annotations
@@ -150,16 +153,19 @@ def nonnegative_lstsq(x: np.ndarray, y: np.ndarray, free: tuple[int, ...] = ()) 
 
 # what the decode rows add, in every law
 DECODE_ROWS = ("longest_walk_s", "skewed_walk_s", "longest_walk_x_rows", "context_tokens")
+# what the chunks' attention adds, in both laws with prefill: the causal pairs (the structural sum
+# takes the longest chunk's measured attention, as if the others ran beside it), the longest row's
+# tokens read in the prefill kernels (one program walks a row's whole context unsplit)
+PREFILL_ATTENTION = ("causal_pairs", "longest_row_tokens")
 # what scoring a step with prefill adds (its chunks in kernels/prefill_scores.py; its decode rows there
-# too, or in the decode kernel's score pass where one is long: engine/buckets.scored_split): the pairs
-# scored, the longest row's tokens read in the prefill kernels (their attention and LSE programs walk a
-# row's whole context unsplit), the longest chunk's new tokens (the score program of its first slots
-# walks all of them)
-SCORED_PREFILL = ("causal_pairs", "longest_row_tokens", "longest_chunk_tokens")
+# too, or in the decode kernel's score pass where one is long: engine/buckets.scored_split): pairs and
+# the longest row as above (priced again: the LSE and score passes), the longest chunk's new tokens (the
+# score program of its first slots walks all of them)
+SCORED_PREFILL = ("longest_chunk_tokens",)
 
 
 class Correction:
-    """time = w . features(step), fitted to the random_steps rows, one law a kind of step:
+    """time = w . features(step), fitted to the random_steps and serving_steps rows, one law a kind of step:
       decode-only: structural, structural x uniformity (the batch's mean / longest context: 1 for a
         uniform batch, whose structural sum is the measured grid, lower the more heterogeneous; with the
         decode grid's uniform rows in the fit the law keeps them and still corrects mixed batches),
@@ -182,14 +188,19 @@ class Correction:
       with prefill: structural, chunks (per-sequence launch and packing work of the eager step),
         chunk tokens, decode rows, rows x width x block_size (as for decode-only, with the prefill
         graph's padding: sequences to a power of two, the table to the longest sequence of the step),
-        the decode rows' terms, 1
+        the decode rows' terms, PREFILL_ATTENTION: the causal pairs and the longest chunk's tokens
+        read (the structural sum prices the chunks' attention as the longest one's measured alone),
+        1. Those two with the serving rows (2026-12-06 12:40, an H100 profile of 11:53 and the
+        trace steps of a fidelity run of 11:40 on rows 7500-8000, scored on rows 8000-8500): mixed
+        steps' signed median error -3.1..-1.1% -> -1.7..0%, p95 6.1-8.1% -> 3.8-4.9%
       a step keeping attention scores (H2O, TOVA, SnapKV): the law of its kind, fitted to the
         scored_steps rows (decode: its context tokens also price the kernel's score pass and the
         score buffer's read-modify-write, which cover every key a row reads); with prefill (its
         chunks scored by kernels/prefill_scores.py in the step's graph; until 2026-12-06 an eager
-        step whose chunks the torch reference scored), + SCORED_PREFILL: causal pairs (the
-        probabilities it computes), the longest chunk's tokens read and its new tokens (the serial
-        walks: the longest row's, decode rows included where they run in the prefill kernels).
+        step whose chunks the torch reference scored), the same PREFILL_ATTENTION (the score and
+        LSE passes compute every causal pair's probability again; the longest row includes a
+        decode row where the rows run in the prefill kernels) + SCORED_PREFILL: the longest
+        chunk's new tokens (a serial walk of the score program).
         Until 2026-12-06 12:30 every row of such a step ran in the prefill kernels, decode rows
         too, however long: in the H100 profile of 10:08, 8 decode rows up to 4,309 tokens and a
         25-token chunk took 6.0 ms scored against 1.9 ms unscored; with the walks the held-out
@@ -210,15 +221,15 @@ class Correction:
     NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
         "decode": ("structural", "structural_x_uniformity", "padded_kv_tokens", *DECODE_ROWS, "constant_s"),
         "prefill": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", *DECODE_ROWS,
-                    "constant_s"),
+                    *PREFILL_ATTENTION, "constant_s"),
         "decode_scored": ("structural", "structural_x_uniformity", "padded_kv_tokens", *DECODE_ROWS, "constant_s"),
         "prefill_scored": ("structural", "chunks", "chunk_tokens", "decode_rows", "padded_kv_tokens", *DECODE_ROWS,
-                           *SCORED_PREFILL, "constant_s")}
+                           *PREFILL_ATTENTION, *SCORED_PREFILL, "constant_s")}
 
     REDUCED: ClassVar[dict[str, tuple[str, ...]]] = {
         "decode": ("structural", "constant_s"), "prefill": ("structural", "chunks", "constant_s"),
         "decode_scored": ("structural", "context_tokens", "constant_s"),
-        "prefill_scored": ("structural", *SCORED_PREFILL[:2], "constant_s")}
+        "prefill_scored": ("structural", *PREFILL_ATTENTION, "constant_s")}
 
     def __init__(self, weights: dict, fitted: set, checks: dict | None = None):
         self.weights, self.fitted = weights, fitted  # kind -> array; compositions fitted to (never scored)
@@ -236,12 +247,13 @@ class Correction:
         skew = 1.0 - s.decode_context_tokens / (b * s.decode_max_context) if b and s.decode_max_context else 0.0
         decode_rows = [walk, walk * skew, walk * b, s.decode_context_tokens]  # DECODE_ROWS
         if s.prefill_chunks:
-            out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, *decode_rows]
+            longest = max(c + n for c, n in s.prefill_chunks)
+            if s.scored and not scored_split(s.decode_max_context):  # the decode rows in the prefill kernels too
+                longest = max(longest, s.decode_max_context)
+            out = [structural, len(s.prefill_chunks), s.num_tokens - b, b, rows * width * model.block_size, *decode_rows,
+                   s.prefill_attn_pairs, longest]  # PREFILL_ATTENTION
             if s.scored:  # SCORED_PREFILL
-                longest = max(c + n for c, n in s.prefill_chunks)
-                if not scored_split(s.decode_max_context):  # the decode rows in the prefill kernels too
-                    longest = max(longest, s.decode_max_context)
-                out += [s.prefill_attn_pairs, longest, max(n for _, n in s.prefill_chunks)]
+                out.append(max(n for _, n in s.prefill_chunks))
             return out + [1.0]
         return [structural, structural * (1.0 - skew), rows * width * model.block_size, *decode_rows, 1.0]
 
@@ -324,6 +336,14 @@ class Correction:
         return out
 
 
+def joined(*tables: dict | None) -> dict | None:
+    """Tables of the same columns as one (random steps and serving steps: fitted as one set)."""
+    tables = [t for t in tables if t and t.get("time_s")]
+    if len(tables) < 2:
+        return tables[0] if tables else None
+    return {c: [v for t in tables for v in t[c]] for c in tables[0]}
+
+
 def without_spikes(tables: dict) -> tuple[dict, list]:
     """The tables less the grid points that exceed both neighbours along their row by more than
     profile_file.SPIKE times (the profiler measures such a point again; one still left would bend
@@ -378,7 +398,7 @@ class CalibratedCostModel:
             self.source += "; table_width not used (every row padded, profiles before 2026-12-06)"
         self.decode_width, self.mixed_extra = self._fit_width(width, t["decode_step"])
         self.rows = self._fit_rows(t["decode_step"]) if self.mixed_extra is None else None
-        scored, settings = t.get("scored_steps"), profile.data.get("settings", {})
+        scored, settings = joined(t.get("scored_steps"), t.get("serving_scored_steps")), profile.data.get("settings", {})
         if scored and settings.get("scored_decode_rows") != SCORED_DECODE_ROWS:
             scored = {c: [v for v, chunks in zip(values, scored["chunks"]) if not chunks] for c, values in scored.items()}
             how = ("the one-token rows in the decode kernel however short" if "scored_decode_rows" in settings
@@ -386,7 +406,8 @@ class CalibratedCostModel:
                    in settings else "eager with the torch reference scorer")
             self.source += (f"; scored steps with prefill not used (timed {how}, profiles before 2026-12-06 12:30: "
                             "priced as unscored plus the score bytes)")
-        self.correction = Correction.fit(self, t.get("random_steps"), scored, t.get("decode_step"))
+        self.correction = Correction.fit(self, joined(t.get("random_steps"), t.get("serving_steps")), scored,
+                                         t.get("decode_step"))
 
     def _fit_walk(self, skew: dict | None) -> Curve | None:
         """walk(w) above: the skew table's times by the keys its long sequence's program walked (one

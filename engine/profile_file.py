@@ -56,6 +56,8 @@ TABLES = {  # name -> columns (the last one is the time)
                      *(f"chunk{i}_{c}" for i in range(1, 7) for c in ("tokens", "cached")), "time_s"),
 }
 TABLES["scored_steps"] = TABLES["random_steps"]  # the same, keeping attention scores (H2O, TOVA, SnapKV)
+# the steps of a short trace slice served in compute mode, full and H2O (kvsim/profile_serving.py)
+TABLES["serving_steps"] = TABLES["serving_scored_steps"] = TABLES["random_steps"]
 TABLE_WIDTH_PADDING = "last"  # table_width pads one row's table (StepBench.inputs); older profiles padded every row
 # where a scored step with prefill runs its one-token rows (settings.scored_decode_rows): the decode kernel
 # and its score pass where one is long (engine/buckets.scored_split), else the prefill kernels; profiles

@@ -23,6 +23,7 @@ DEFAULTS: dict = {}
 PROFILE_KV_DTYPES = ("fp32", "fp16", "bf16", "int8", "fp8")  # what the attention kernels read
 
 _GRID = "override the grid's "
+SERVING_RESERVE_S = 25.0  # what the serving runs of one KV dtype take on an H100 (SmolLM2-135M, 300 requests x 2)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class Config:
     scatter_gib: float = opt(0.0, "take every step's blocks from this much KV memory in a seeded random order, "
                                   "as a serving engine's tables look after sequences came and went (0: in order)",
                              metavar="GIB")
+    serving_requests: int | None = opt(None, "serve this many requests of the trace in compute mode per KV dtype "
+                                              "(full and H2O) and fit their steps too (none: 300 on a GPU, 0 on "
+                                              "the CPU; 0: none)", metavar="N")
+    serving_trace: str | None = opt(None, "the trace those requests come from (none: the package's, the Azure "
+                                          "2023 conversation trace's first rows)", metavar="PATH")
     batches: tuple[int, ...] | None = opt(None, _GRID + "decode batch sizes", metavar="N[,N]")
     contexts: tuple[int, ...] | None = opt(None, _GRID + "decode context lengths (tokens)", metavar="N[,N]")
     prefill_tokens: tuple[int, ...] | None = opt(None, _GRID + "prefill chunk sizes (tokens)", metavar="N[,N]")
@@ -61,6 +67,10 @@ class Config:
             raise ConfigError(f"--warmup: must be >= 0, got {self.warmup}")
         if not self.scatter_gib >= 0:
             raise ConfigError(f"--scatter-gib: must be >= 0, got {self.scatter_gib}")
+        if self.serving_requests is not None and self.serving_requests < 0:
+            raise ConfigError(f"--serving-requests: must be >= 0, got {self.serving_requests}")
+        if self.serving_trace is not None and not Path(self.serving_trace).is_file():
+            raise ConfigError(f"--serving-trace {self.serving_trace}: no such file")
         if not self.budget_s > 0:
             raise ConfigError(f"--budget-s: must be > 0, got {self.budget_s}")
 
@@ -127,6 +137,7 @@ def run(config: Config, argv: list[str]) -> int:
     from engine.profile import Timer
     from engine.profile_run import header, measure_kv_dtype, measure_memory
     from kvsim.compute import model_dtype
+    from kvsim.profile_serving import SERVING_REQUESTS, serving_settings, serving_tables
 
     device, gpu = device_and_gpu(config)
     cfg, grid = model_shape(config.model), grid_of(config)
@@ -142,6 +153,21 @@ def run(config: Config, argv: list[str]) -> int:
         tmp.write_text(compact_json(profile) + "\n")
         tmp.replace(out)
 
+    serving = config.serving_requests if config.serving_requests is not None else (
+        SERVING_REQUESTS if device.type == "cuda" else 0)
+    reserve_s = SERVING_RESERVE_S if serving else 0.0  # kept from each dtype's tables for its serving runs
+    if serving:
+        profile["settings"]["serving_steps"] = serving_settings(serving, config.serving_trace)
+
+    def serve(profile: dict, kv: str) -> None:
+        began = time.perf_counter()
+        tables, notes = serving_tables(config.model, gpu, kv, config.block_size, profile["settings"]["graph"],
+                                       serving, config.serving_trace)
+        profile["kv_dtypes"][kv]["tables"].update(tables)
+        profile["kv_dtypes"][kv]["serving"] = notes
+        counts = ", ".join(f"{name} {note['steps']} steps" for name, note in notes.items())
+        log(f"  serving: {counts} ({serving} requests each) in {time.perf_counter() - began:.1f} s")
+
     log(f"profiling {cfg.name} on {profile['device_name']} as {gpu}: KV {', '.join(config.kv_dtypes)}, "
         f"budget {config.budget_s:.0f} s")
     model, model_key = None, None
@@ -153,8 +179,10 @@ def run(config: Config, argv: list[str]) -> int:
                 torch.cuda.empty_cache()
             model, model_key = random_model(cfg, device=device, dtype=dtype), dtype
         share = start + config.budget_s * i / len(config.kv_dtypes)  # what one dtype leaves, the next may use
-        profile["kv_dtypes"][kv] = measure_kv_dtype(model, kv, grid, config.block_size, share, log,
+        profile["kv_dtypes"][kv] = measure_kv_dtype(model, kv, grid, config.block_size, share - reserve_s, log,
                                                      config.scatter_gib)
+        if serving:
+            serve(profile, kv)
         write()
     with torch.inference_mode():
         profile["memory"] = measure_memory(device, Timer(device, grid.warmup, grid.reps))

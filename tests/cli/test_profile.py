@@ -167,3 +167,48 @@ def test_a_wide_table_pads_one_row_as_serving_does():
     assert [len(s.block_table) for s in batch] == [3, 2, 8]
     assert batch[2].block_table[:3] == [5, 6, 7] and batch[2].block_table[3:] == [7] * 5
     assert [s.slots for s in batch] == [[2 * 16 + 7], [4 * 16 + 3], [7 * 16]]  # each writes its last position
+
+
+SERVING_TRACE = ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,40,4\n"
+                 "2023-11-16 18:15:50.68,70,3\n2023-11-16 18:15:51.68,20,5\n")
+
+
+@no_gpu
+def test_serving_steps_are_measured_recorded_and_fitted(tmp_path):
+    """--serving-requests: a slice of a trace served in compute mode (full, then H2O) per KV dtype,
+    every step a row of serving_steps / serving_scored_steps (on the CPU timed by perf_counter, as
+    the rest of a CPU profile); the settings say which rows, and the cost model fits them with the
+    random steps (it keeps a row of each)."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text(SERVING_TRACE)
+    out = tmp_path / "served.json"
+    done = kvsim("profile", "--model", "smollm2-135m", "--kv-dtypes", "fp32", *ARGS, "--batches", "1,2",
+                 "--serving-requests", "3", "--serving-trace", trace, "--out", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = load_profile(out).data
+    assert data["settings"]["serving_steps"] == {
+        "trace": "trace.csv", "shipped": False, "rows": [0, 3], "rate_scale": 40.0,
+        "policies": {"serving_steps": "full", "serving_scored_steps": "h2o"}, "budget_tokens": 512, "kv_mem_gib": 4.0}
+    entry = data["kv_dtypes"]["fp32"]
+    for name in ("serving_steps", "serving_scored_steps"):
+        table, note = entry["tables"][name], entry["serving"][name]
+        assert note["requests_completed"] == 3 and note["steps"] == len(table["time_s"]) > 3
+        # every request's prompt prefilled: 130 tokens, in one step at 40x arrivals or several
+        assert sum(table["chunk_tokens"]) == 130 and all(t > 0 for t in table["time_s"])
+        assert set(table) == set(TABLES[name])
+    cost = cost_model_for(model_shape("smollm2-135m"), get_gpu("h100"), "fp32", profile=out)
+    from engine.profile_file import row_shape
+    from engine.calibrated import Correction
+
+    served = [row_shape(dict(zip(t, values)), name == "serving_scored_steps")
+              for name in ("serving_steps", "serving_scored_steps")
+              for t in [entry["tables"][name]] for values in zip(*t.values())]
+    assert {Correction.key(s) for s in served} <= cost.correction.fitted
+
+
+@no_gpu
+def test_serving_requests_refusals(tiny, capsys):
+    assert main(["profile", "--model", str(tiny), *ARGS, "--serving-requests", "-1"]) == 2
+    assert "--serving-requests: must be >= 0" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tiny), *ARGS, "--serving-trace", "/nonexistent.csv"]) == 2
+    assert "--serving-trace /nonexistent.csv: no such file" in capsys.readouterr().err

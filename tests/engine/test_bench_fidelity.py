@@ -55,7 +55,7 @@ def test_recorder_keeps_copies_of_every_nth_steps_inputs_and_the_host_gaps(monke
     from engine.backends.analytic import StepResult
     from engine.runner import StepInput
 
-    monkeypatch.setattr(fidelity, "warm_eager_steps", lambda *a: None)
+    monkeypatch.setattr("kvsim.profile_serving.warm_eager_steps", lambda *a: None)
     table = [5, 9]
 
     def stage(batch, score_out=None, score_windows=None):
@@ -143,3 +143,24 @@ def test_consecutive_tables_move_each_rows_blocks_and_slots_together():
     assert [(x.token_ids, x.start_position, x.seq_len) for x in moved] == [
         (x.token_ids, x.start_position, x.seq_len) for x in (chunk, decode, padding)]
     assert fidelity.consecutive_tables([chunk, decode, padding], bs, num_blocks=6) is None
+
+
+def test_a_slice_the_profile_fitted_is_refused(tmp_path, monkeypatch):
+    """A profile's serving steps came from the first rows of the package's trace (the full conv
+    trace's first rows too): a fidelity slice overlapping them is refused, one past them runs."""
+    from argparse import Namespace
+
+    from tests.engine.test_cost_model import profile_data, write_profile
+    from workloads import DEFAULT_TRACE
+
+    data = profile_data()
+    data["settings"] = {"serving_steps": {"trace": DEFAULT_TRACE.name, "shipped": True, "rows": [0, 300]}}
+    monkeypatch.setenv("KVSIM_PROFILES", str(write_profile(tmp_path, data)))
+    args = lambda offset: Namespace(model="smollm2-135m", kv_dtypes="fp16", offset=offset, requests=500)
+    for name in (DEFAULT_TRACE.name, fidelity.FULL_AZURE_CONV):
+        with pytest.raises(SystemExit, match="overlap rows 0-300.*take --offset 300"):
+            fidelity.check_disjoint(args(0), Path(name), "h100")
+        with pytest.raises(SystemExit, match="rows 299-799"):
+            fidelity.check_disjoint(args(299), Path(name), "h100")
+        fidelity.check_disjoint(args(300), Path(name), "h100")
+    fidelity.check_disjoint(args(0), Path("mooncake.jsonl"), "h100")  # another trace: nothing fitted
