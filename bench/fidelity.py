@@ -185,7 +185,8 @@ def replay_in_place(recorder: StepRecorder, reps: int, cost) -> dict:
     the profile lays them out; same rows, same lengths): what the run's scattered tables cost. And the
     cost model's prediction of each against both (the step's own composition, not an aggregate's
     reconstruction as in the standalone replay). Also the host's staging time (inputs packed and
-    copied) in the run and here, warm. Keeps each step's rows (seq_len, new tokens) and times."""
+    copied) in the run and here, warm. Keeps each step's rows (seq_len, new tokens) and times (main()
+    writes them to fidelity_kept_<gpu>.json)."""
     from engine.profile import TimedStep, Timer
 
     backend, stage = recorder.backend, recorder.stage
@@ -662,6 +663,7 @@ def main() -> None:
               "floors": FLOORS, "configs": [], "complete": False}
     path = out_dir / f"fidelity_{gpu if cuda else 'cpu_smoke'}.json"
     steps_path, steps = path.with_name(path.name.replace("fidelity_", "fidelity_steps_")), {}
+    kept_path, kept = path.with_name(path.name.replace("fidelity_", "fidelity_kept_")), {}
     print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {source.name} "
           f"at {args.rate_scale}x, caps prompt {args.max_prompt} / output {args.max_output}; writing {path}")
     print(f"{'kv':5s} {'policy':9s} {'steps':>6s} {'batch':>10s} {'|err| med':>7s} {'p95':>7s}  "
@@ -678,6 +680,9 @@ def main() -> None:
             row, records = run_config(args, kv, policy, trace, gpu)
             steps[f"{kv}/{policy}"] = records_json(records)
             steps_path.write_text(json.dumps(steps))  # compact: thousands of rows
+            if row.get("replay_in_place", {}).get("kept"):  # each kept step's rows: compact, beside it
+                kept[f"{kv}/{policy}"] = row["replay_in_place"].pop("kept")
+                kept_path.write_text(json.dumps(kept))
         except Exception as e:  # noqa: BLE001 - one failed configuration must not lose the others
             result["configs"].append({"kv_dtype": kv, "policy": policy, "error": f"{type(e).__name__}: {e}"})
             print(f"{kv} {policy}: FAILED {type(e).__name__}: {e}", flush=True)
