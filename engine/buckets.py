@@ -18,7 +18,7 @@ MAX_GRAPH_TOKENS = 2048  # the scheduler's default step budget; larger prefill s
 # from its score pass) when the longest of them reads this many tokens or more; below, every row runs in
 # the prefill and score kernels (one launch each a layer; the split's decode kernel, score pass and merge
 # cost more than a short row's walk). SmolLM2-135M on an H100, the same 80 seeded compositions both ways
-# (profiles of 2026-12-06 10:19 and 11:40): split / unsplit 1.03-1.15 with no decode row, 1.07-1.11
+# (profiles of 2026-12-06 10:19 and 11:40): split / unsplit 1.03-1.15 with no decode row, 1.06-1.11
 # (median by bin) with the longest under 2,048 tokens, 1.02-1.08 at 2,048-3,072, 0.82-1.01 at
 # 3,072-4,096, 0.68-0.88 past 4,096 (down to 0.23 for a few long rows beside a short chunk).
 SCORED_SPLIT_MIN_CONTEXT = 3072

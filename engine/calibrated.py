@@ -190,9 +190,11 @@ class Correction:
         graph's padding: sequences to a power of two, the table to the longest sequence of the step),
         the decode rows' terms, PREFILL_ATTENTION: the causal pairs and the longest chunk's tokens
         read (the structural sum prices the chunks' attention as the longest one's measured alone),
-        1. Those two with the serving rows (2026-12-06 12:40, an H100 profile of 11:53 and the
-        trace steps of a fidelity run of 11:40 on rows 7500-8000, scored on rows 8000-8500): mixed
-        steps' signed median error -3.1..-1.1% -> -1.7..0%, p95 6.1-8.1% -> 3.8-4.9%
+        1. Those two with the serving rows: mixed steps' signed median error on the H100 went
+        from -3.1..-1.1% (fp16/INT8 full and streaming; h2o -5.6, -10.5%; rows 8000-8500, the
+        profile of 11:53 without either) to -0.3, -0.9% (full), -2.8, -1.9% (streaming, not among
+        that profile's serving runs), -3.3, -4.0% (h2o) (fresh rows 8500-9000, the profile of
+        12:35); tried first on the 11:53 profile with another slice's trace steps as serving rows
       a step keeping attention scores (H2O, TOVA, SnapKV): the law of its kind, fitted to the
         scored_steps rows (decode: its context tokens also price the kernel's score pass and the
         score buffer's read-modify-write, which cover every key a row reads); with prefill (its

@@ -57,7 +57,9 @@ def test_file_records_device_versions_shape_and_grid(measured, tiny):
     grid = ProfileGrid(**GRID)
     for kv in ("fp32", "int8"):
         tables = profile.tables(kv)
-        assert set(TABLES) - {"decode_overhead", "prefill_decode_rows"} <= set(tables) and profile.missing(kv) == []
+        serving = {"serving_steps", "serving_scored_steps"}  # none on the CPU by default
+        assert set(TABLES) - {"decode_overhead", "prefill_decode_rows", *serving} <= set(tables)
+        assert not serving & set(tables) and profile.missing(kv) == []
         assert points(tables["decode_step"]) == {(b, c) for b in (1, 2, 4) for c in (16, 48)}
         assert points(tables["prefill_step"]) == {(n, s) for n in (8, 32) for s in (0, 32)}
         assert points(tables["mixed_step"]) == set(grid.mixed())
@@ -188,13 +190,15 @@ def test_serving_steps_are_measured_recorded_and_fitted(tmp_path):
     data = load_profile(out).data
     assert data["settings"]["serving_steps"] == {
         "trace": "trace.csv", "shipped": False, "rows": [0, 3], "rate_scale": 40.0,
-        "policies": {"serving_steps": "full", "serving_scored_steps": "h2o"}, "budget_tokens": 512, "kv_mem_gib": 4.0}
+        "policies": {"serving_steps": ["full", "streaming"], "serving_scored_steps": ["h2o"]}, "budget_tokens": 512,
+        "kv_mem_gib": 4.0}
     entry = data["kv_dtypes"]["fp32"]
-    for name in ("serving_steps", "serving_scored_steps"):
-        table, note = entry["tables"][name], entry["serving"][name]
-        assert note["requests_completed"] == 3 and note["steps"] == len(table["time_s"]) > 3
-        # every request's prompt prefilled: 130 tokens, in one step at 40x arrivals or several
-        assert sum(table["chunk_tokens"]) == 130 and all(t > 0 for t in table["time_s"])
+    for name, policies in (("serving_steps", ["full", "streaming"]), ("serving_scored_steps", ["h2o"])):
+        table, notes = entry["tables"][name], entry["serving"][name]
+        assert list(notes) == policies and all(n["requests_completed"] == 3 for n in notes.values())
+        assert sum(n["steps"] for n in notes.values()) == len(table["time_s"]) > 3 * len(policies)
+        # every request's prompt prefilled (130 tokens) once a policy, in one step at 40x arrivals or several
+        assert sum(table["chunk_tokens"]) == 130 * len(policies) and all(t > 0 for t in table["time_s"])
         assert set(table) == set(TABLES[name])
     cost = cost_model_for(model_shape("smollm2-135m"), get_gpu("h100"), "fp32", profile=out)
     from engine.profile_file import row_shape
