@@ -26,7 +26,7 @@ if [ "${KERNELS_S:-150}" -gt 0 ]; then
     timeout "${KERNELS_S:-150}" python3 bench/kernels.py --budget-s $(( ${KERNELS_S:-150} - 20 )) > "$OUT/kernels_$G.log" 2>&1
     tail -45 "$OUT/kernels_$G.log"
 fi
-python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-200}" \
+python3 -m kvsim.cli profile --model smollm2-135m --budget-s "${PROFILE_S:-300}" \
     --out "$OUT/smollm2-135m_$G.json" > "$OUT/profile_$G.log" 2>&1
 tail -16 "$OUT/profile_$G.log"
 timeout $(( ${FIDELITY_S:-200} + 60 )) python3 bench/fidelity.py --random-weights --offset "${FIDELITY_OFFSET:-1500}" \

@@ -8,7 +8,7 @@ SERVING_RESERVE_S a dtype for it).
 Writes a profile file (JSON: GPU, date, library versions, model shape, tables) that the analytic
 and compute simulations use for this (model, GPU) instead of the roofline once it is shipped in
 engine/profiles/ or named in $KVSIM_PROFILES. Weights are random: timing does not depend on them.
---budget-s (200 s) stops adding points and still writes the file; --quick measures about a third."""
+--budget-s (300 s) stops adding points and still writes the file; --quick measures about a third."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ class Config:
     kv_dtypes: tuple[str, ...] = opt(("fp16", "int8"), "KV dtypes to profile", choices=PROFILE_KV_DTYPES)
     out: str | None = opt(None, "profile file to write (none: ./<model>_<gpu>.json)", metavar="PATH")
     quick: bool = opt(False, "a coarser grid: about a third of the points")
-    budget_s: float = opt(200.0, "stop adding points after this many seconds (what was measured is written)")
+    budget_s: float = opt(300.0, "stop adding points after this many seconds (what was measured is written; the "
+                                 f"serving runs keep {SERVING_RESERVE_S:.0f} s a KV dtype of it)")
     allow_cpu: bool = opt(False, "without a CUDA GPU, time the CPU with perf_counter (tests only: CPU times "
                                  "say nothing about a GPU)")
     gpu: str | None = opt(None, "GPU preset the file is for (none: the GPU found; required with --allow-cpu)",
