@@ -8,8 +8,9 @@ together (a long prompt's continuation chunk beside first chunks and a hundred d
 conversation's lengths). On 2026-12-06 (H100), the kept steps of a fidelity run timed again on
 their own tables and on consecutive ones took the same time, and the law fitted to random steps
 alone priced their mixed steps 3-12% fast; with another slice's trace steps among the fitted rows,
-0-2% (bench/fidelity.py --in-place). The slice is the package's own trace (the first requests of
-the Azure 2023 conversation trace): bench/fidelity.py scores rows past it and refuses an overlap.
+0-2% (bench/fidelity.py --in-place). The slice is the package's own trace (the first 2,000 requests
+of the Azure 2023 conversation trace), rows SERVING_OFFSET on: bench/fidelity.py scores rows past
+it and refuses an overlap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from engine.errors import ConfigError
+
 SERVING_REQUESTS = 300  # ~17 s of an H100 per (KV dtype, policy) for SmolLM2-135M
+# the package's trace from this row: rows 750-1050 hold 15.7% prompts over 2,048 tokens (p90 4,076), rows
+# 0-300 6.3% (p90 1,314), the conversation trace's rows 7000-9000 20-27%: long prompts make the continuation
+# chunks beside many decode rows that the profile of 2026-12-06 12:35 (rows 0-300) priced 3-4% fast under H2O.
+# Chosen on those statistics (2026-12-06 13:40), not yet measured
+SERVING_OFFSET = 750
 SERVING_RATE_SCALE = 40.0  # arrivals 40x faster: batches of 100-200 sequences, as bench/fidelity.py's
 # table -> the policies served into it: StreamingLLM's steps (contexts capped, no scores) too since the H100
 # run of 2026-12-06 12:35, whose streaming steps, alone unlike any fitted serving step, came out 2-3% fast
@@ -26,15 +34,34 @@ SERVING_BUDGET_TOKENS = 512  # H2O's budget (as bench/fidelity.py's)
 SERVING_KV_MEM_GIB = 4.0
 
 
-def serving_point(model: str, gpu: str, kv_dtype: str, policy: str, requests: int, trace: str | None):
+def serving_offset(trace: str | None, offset: int | None) -> int:
+    """The first row served: SERVING_OFFSET of the package's trace, 0 of another, unless given."""
+    return offset if offset is not None else SERVING_OFFSET if trace is None else 0
+
+
+def serving_window(trace: str | None, offset: int) -> tuple[float, float] | None:
+    """The arrival window that starts at row `offset` of the trace (None from row 0)."""
+    if not offset:
+        return None
+    from workloads import DEFAULT_TRACE, read_trace
+
+    arrivals = read_trace(trace or DEFAULT_TRACE).requests["arrival_s"]
+    if offset >= len(arrivals):
+        raise ConfigError(f"--serving-offset {offset}: the trace has {len(arrivals)} requests")
+    return float(arrivals.iloc[offset]), float(arrivals.max()) + 1.0
+
+
+def serving_point(model: str, gpu: str, kv_dtype: str, policy: str, requests: int, trace: str | None,
+                  offset: int = 0):
     """The simulation of the serving slice: compute mode, seeded random weights (timing does not
-    depend on them), the package's trace unless `trace` names another."""
+    depend on them), the package's trace unless `trace` names another, from row `offset`."""
     from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
     from kvsim.simulate import Point
 
     engine = EngineOptions(model=model, backend="compute", gpu=gpu, kv_mem_gib=SERVING_KV_MEM_GIB,
                            max_num_seqs=256, random_weights=True)
-    workload = WorkloadOptions(trace=trace, rate_scale=SERVING_RATE_SCALE, max_requests=requests)
+    workload = WorkloadOptions(trace=trace, rate_scale=SERVING_RATE_SCALE, max_requests=requests,
+                               window=serving_window(trace, offset))
     return Point(f"serving-{policy}-{kv_dtype}", engine, CacheOptions(policy, kv_dtype, SERVING_BUDGET_TOKENS),
                  seed=0, workload=workload)
 
@@ -80,7 +107,7 @@ def warm_eager_steps(runner, tokens, cached) -> None:
 
 
 def serving_tables(model: str, gpu: str, kv_dtype: str, block_size: int, graph: dict, requests: int,
-                   trace: str | None = None) -> tuple[dict, dict]:
+                   trace: str | None = None, offset: int = 0) -> tuple[dict, dict]:
     """-> ({table: {column: values}}, notes): the serving slice run once per policy of
     SERVING_POLICIES; steps of more chunks than a row holds are left out (counted in the notes)."""
     from engine.profile_file import MAX_CHUNKS, TABLES, step_row
@@ -91,7 +118,7 @@ def serving_tables(model: str, gpu: str, kv_dtype: str, block_size: int, graph: 
         columns = {c: [] for c in TABLES[name]}
         for policy in policies:
             records: list = []
-            result = run_point(serving_point(model, gpu, kv_dtype, policy, requests, trace),
+            result = run_point(serving_point(model, gpu, kv_dtype, policy, requests, trace, offset),
                                on_build=lambda sim, r=records: record_steps(sim, r))
             wide = 0
             for shape, seconds in records:
@@ -107,12 +134,12 @@ def serving_tables(model: str, gpu: str, kv_dtype: str, block_size: int, graph: 
     return tables, notes
 
 
-def serving_settings(requests: int, trace: str | None) -> dict:
+def serving_settings(requests: int, trace: str | None, offset: int = 0) -> dict:
     """What the profile records of its serving slice (bench/fidelity.py reads rows and trace)."""
     from workloads import DEFAULT_TRACE
 
     return {"trace": Path(trace).name if trace else DEFAULT_TRACE.name, "shipped": trace is None,
-            "rows": [0, requests], "rate_scale": SERVING_RATE_SCALE,
+            "rows": [offset, offset + requests], "rate_scale": SERVING_RATE_SCALE,
             "policies": {name: list(policies) for name, policies in SERVING_POLICIES.items()},
             "budget_tokens": SERVING_BUDGET_TOKENS,
             "kv_mem_gib": SERVING_KV_MEM_GIB}

@@ -1,7 +1,7 @@
 """Measure the cost model's tables on this GPU: whole decode, prefill and mixed steps as compute
 mode runs them (batch x context, per KV dtype), and the ops inside them (the layers' GEMMs, the
 decode kernel, prefill attention, the cache write, LM head + sampling, copies and the host link).
-Then, per KV dtype, it serves the first 300 requests of the package's trace in compute mode (full,
+Then, per KV dtype, it serves 300 requests of the package's trace (rows 750-1050) in compute mode (full,
 StreamingLLM, H2O; kvsim/profile_serving.py) and keeps their steps as fitting rows beside the seeded
 random compositions (--serving-requests 0: none; not interrupted by the budget, which keeps
 SERVING_RESERVE_S a dtype for it).
@@ -52,7 +52,9 @@ class Config:
                                               "(full, StreamingLLM, H2O) and fit their steps too (none: 300 on a GPU, 0 on "
                                               "the CPU; 0: none)", metavar="N")
     serving_trace: str | None = opt(None, "the trace those requests come from (none: the package's, the Azure "
-                                          "2023 conversation trace's first rows)", metavar="PATH")
+                                          "2023 conversation trace's first 2,000 rows)", metavar="PATH")
+    serving_offset: int | None = opt(None, "serve from this row of that trace (none: 750 of the package's trace, "
+                                           "0 of another)", metavar="ROW")
     batches: tuple[int, ...] | None = opt(None, _GRID + "decode batch sizes", metavar="N[,N]")
     contexts: tuple[int, ...] | None = opt(None, _GRID + "decode context lengths (tokens)", metavar="N[,N]")
     prefill_tokens: tuple[int, ...] | None = opt(None, _GRID + "prefill chunk sizes (tokens)", metavar="N[,N]")
@@ -75,6 +77,8 @@ class Config:
             raise ConfigError(f"--scatter-gib: must be >= 0, got {self.scatter_gib}")
         if self.serving_requests is not None and self.serving_requests < 0:
             raise ConfigError(f"--serving-requests: must be >= 0, got {self.serving_requests}")
+        if self.serving_offset is not None and self.serving_offset < 0:
+            raise ConfigError(f"--serving-offset: must be >= 0, got {self.serving_offset}")
         if self.serving_trace is not None and not Path(self.serving_trace).is_file():
             raise ConfigError(f"--serving-trace {self.serving_trace}: no such file")
         if not self.budget_s > 0:
@@ -143,7 +147,8 @@ def run(config: Config, argv: list[str]) -> int:
     from engine.profile import Timer
     from engine.profile_run import header, measure_kv_dtype, measure_memory
     from kvsim.compute import model_dtype
-    from kvsim.profile_serving import SERVING_REQUESTS, serving_settings, serving_tables
+    from kvsim.profile_serving import (SERVING_REQUESTS, serving_offset, serving_settings, serving_tables,
+                                       serving_window)
 
     device, gpu = device_and_gpu(config)
     cfg, grid = model_shape(config.model), grid_of(config)
@@ -162,14 +167,16 @@ def run(config: Config, argv: list[str]) -> int:
     serving = config.serving_requests if config.serving_requests is not None else (
         SERVING_REQUESTS if device.type == "cuda" else 0)
     reserve_s = SERVING_RESERVE_S if serving else 0.0  # kept from each dtype's tables for its serving runs
+    offset = serving_offset(config.serving_trace, config.serving_offset)
     if serving:
-        profile["settings"]["serving_steps"] = serving_settings(serving, config.serving_trace)
+        serving_window(config.serving_trace, offset)  # a row past the trace: refused now, not after the grid
+        profile["settings"]["serving_steps"] = serving_settings(serving, config.serving_trace, offset)
 
     def serve(profile: dict, kv: str) -> None:
         began = time.perf_counter()
         try:
             tables, notes = serving_tables(config.model, gpu, kv, config.block_size, profile["settings"]["graph"],
-                                           serving, config.serving_trace)
+                                           serving, config.serving_trace, offset)
         except Exception as e:  # noqa: BLE001 - the grid's tables are kept; the fit does without serving rows
             profile["kv_dtypes"][kv]["errors"].append(f"serving steps: {type(e).__name__}: {e}")
             log(f"  serving steps failed ({type(e).__name__}: {e}); the profile keeps its other tables")

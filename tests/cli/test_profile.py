@@ -185,20 +185,20 @@ def test_serving_steps_are_measured_recorded_and_fitted(tmp_path):
     trace.write_text(SERVING_TRACE)
     out = tmp_path / "served.json"
     done = kvsim("profile", "--model", "smollm2-135m", "--kv-dtypes", "fp32", *ARGS, "--batches", "1,2",
-                 "--serving-requests", "3", "--serving-trace", trace, "--out", out)
+                 "--serving-requests", "2", "--serving-offset", "1", "--serving-trace", trace, "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     data = load_profile(out).data
     assert data["settings"]["serving_steps"] == {
-        "trace": "trace.csv", "shipped": False, "rows": [0, 3], "rate_scale": 40.0,
+        "trace": "trace.csv", "shipped": False, "rows": [1, 3], "rate_scale": 40.0,
         "policies": {"serving_steps": ["full", "streaming"], "serving_scored_steps": ["h2o"]}, "budget_tokens": 512,
         "kv_mem_gib": 4.0}
     entry = data["kv_dtypes"]["fp32"]
     for name, policies in (("serving_steps", ["full", "streaming"]), ("serving_scored_steps", ["h2o"])):
         table, notes = entry["tables"][name], entry["serving"][name]
-        assert list(notes) == policies and all(n["requests_completed"] == 3 for n in notes.values())
-        assert sum(n["steps"] for n in notes.values()) == len(table["time_s"]) > 3 * len(policies)
-        # every request's prompt prefilled (130 tokens) once a policy, in one step at 40x arrivals or several
-        assert sum(table["chunk_tokens"]) == 130 * len(policies) and all(t > 0 for t in table["time_s"])
+        assert list(notes) == policies and all(n["requests_completed"] == 2 for n in notes.values())
+        assert sum(n["steps"] for n in notes.values()) == len(table["time_s"]) > 2 * len(policies)
+        # rows 1-2: their prompts prefilled (70 + 20 tokens) once a policy, in one step at 40x or several
+        assert sum(table["chunk_tokens"]) == 90 * len(policies) and all(t > 0 for t in table["time_s"])
         assert set(table) == set(TABLES[name])
     cost = cost_model_for(model_shape("smollm2-135m"), get_gpu("h100"), "fp32", profile=out)
     from engine.profile_file import row_shape
@@ -210,9 +210,26 @@ def test_serving_steps_are_measured_recorded_and_fitted(tmp_path):
     assert {Correction.key(s) for s in served} <= cost.correction.fitted
 
 
+def test_serving_rows_start_at_the_offset():
+    """The package's trace is served from SERVING_OFFSET unless told (another trace from row 0); the
+    arrival window starts at that row's arrival."""
+    from kvsim.profile_serving import SERVING_OFFSET, serving_offset, serving_window
+    from workloads import DEFAULT_TRACE, read_trace
+
+    assert serving_offset(None, None) == SERVING_OFFSET == 750 and serving_offset("t.csv", None) == 0
+    assert serving_offset(None, 0) == 0 and serving_window(None, 0) is None
+    arrivals = read_trace(DEFAULT_TRACE).requests["arrival_s"]
+    start, end = serving_window(None, 750)
+    assert start == arrivals.iloc[750] and end > arrivals.max() and (arrivals < start).sum() == 750
+
+
 @no_gpu
 def test_serving_requests_refusals(tiny, capsys):
     assert main(["profile", "--model", str(tiny), *ARGS, "--serving-requests", "-1"]) == 2
     assert "--serving-requests: must be >= 0" in capsys.readouterr().err
     assert main(["profile", "--model", str(tiny), *ARGS, "--serving-trace", "/nonexistent.csv"]) == 2
     assert "--serving-trace /nonexistent.csv: no such file" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tiny), *ARGS, "--serving-offset", "-1"]) == 2
+    assert "--serving-offset: must be >= 0" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tiny), *ARGS, "--serving-requests", "5", "--serving-offset", "5000"]) == 2
+    assert "--serving-offset 5000: the trace has 2000 requests" in capsys.readouterr().err
