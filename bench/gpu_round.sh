@@ -14,8 +14,9 @@
 #                                  93 MB, is more than the device tool carries)
 # Usage (device tool): bash bench/gpu_round.sh    # writes to $OUT (else bench/results/)
 # Times per part in seconds: KERNELS_S, PROFILE_S, FIDELITY_S, STEP_OVERHEAD_S, DECODE_ORDER_S (defaults
-# below, ~10 minutes in all). KERNELS_S=0 skips part 1 and STEP_OVERHEAD_S=0 part 4 (the device tool brings
-# back 8 files); part 5 runs only when DECODE_ORDER_S is set, e.g. with KERNELS_S=0 STEP_OVERHEAD_S=0.
+# below, ~13 minutes in all: more than one device call's 10; with the profile's serving runs, PROFILE_S is 300).
+# KERNELS_S=0 skips part 1 and STEP_OVERHEAD_S=0 part 4 (a profile and fidelity alone: ~8 minutes; the device
+# tool brings back 8 files); part 5 runs only when DECODE_ORDER_S is set, e.g. with KERNELS_S=0 STEP_OVERHEAD_S=0.
 set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"

@@ -267,7 +267,8 @@ class Correction:
 
     @classmethod
     def fit(cls, model: CalibratedCostModel, table, scored_table=None, uniform=None) -> Correction:
-        """table: the random_steps rows; scored_table: the scored_steps rows (steps keeping scores);
+        """table: the random_steps and serving_steps rows; scored_table: the scored_steps and
+        serving_scored_steps rows (steps keeping scores);
         uniform: the decode_step grid (batch, context, time_s: every row the same context), fitted
         with the decode law's rows so that the law, fitted to heterogeneous batches, keeps uniform
         ones where they are measured (without them it took 0.32 x the structural sum plus the long
