@@ -55,6 +55,18 @@ def write_result(out: str | None, filename: str, result: dict) -> Path:
     return path
 
 
+def random_weights_model(name: str, device: str):
+    """-> (torch.device, the model of `name`'s shape with seeded random weights): fp16 on a GPU,
+    fp32 elsewhere (smoke runs), as the step benches time it."""
+    import torch
+
+    from engine.loader import load_model
+
+    device = torch.device(device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, load_model(name, device=device, dtype=dtype, random_weights=True)
+
+
 def logit_agreement(ours, ref) -> tuple[float, float, float]:
     """(max |ours - ref|, max |ref|, fraction of rows whose argmax agrees) of two logits tensors
     [..., vocab]: how the benches compare a path with its peer."""

@@ -24,10 +24,9 @@ import argparse
 import numpy as np
 import torch
 
-from bench.common import environment, write_result
+from bench.common import environment, random_weights_model, write_result
 from engine.cost_model import StepShape, cost_model_for
 from engine.gpus import get_gpu
-from engine.loader import load_model
 from engine.profile import StepBench, Timer
 from kvcache.sizing import kv_bytes_per_block
 
@@ -61,9 +60,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    device = torch.device(a.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    loaded = load_model(a.model, device=device, dtype=dtype, random_weights=True)
+    device, loaded = random_weights_model(a.model, a.device)
     batches = [int(b) for b in a.batches.split(",")]
     lengths = {b: contexts(b, a.long, a.short, a.seed + b) for b in batches}
     need = sum(-(-n // 16) for n in max(lengths.values(), key=sum))

@@ -479,18 +479,19 @@ def check_disjoint(args, source: Path, gpu: str) -> None:
     """Refuse a slice whose requests the analytic side's profile fitted (its serving_steps: the first
     rows of the package's trace, kvsim/profile_serving.py): the issue's rule, no fitted composition
     scored."""
+    from engine.profile_file import find_profile
+    from kvsim.simulate import model_config
     from workloads import DEFAULT_TRACE
 
-    for kv in args.kv_dtypes.split(","):
-        cost = analytic_cost(args, gpu, kv)
-        serving = cost.profile.data.get("settings", {}).get("serving_steps") if hasattr(cost, "profile") else None
-        if not serving or not serving.get("shipped") or source.name not in (DEFAULT_TRACE.name, FULL_AZURE_CONV):
-            continue
-        first, end = serving["rows"]
-        if args.offset < end and args.offset + args.requests > first:
-            sys.exit(f"fidelity: rows {args.offset}-{args.offset + args.requests} of {source.name} overlap rows "
-                     f"{first}-{end}, whose steps the {kv} profile ({cost.profile.path.name}) fitted; take --offset "
-                     f"{end} or more (rows past 2,000: --trace the full {FULL_AZURE_CONV})")
+    profile = find_profile(model_config(args.model).name, gpu)  # the file the analytic side reads, every dtype
+    serving = profile.data.get("settings", {}).get("serving_steps") if profile else None
+    if not serving or not serving.get("shipped") or source.name not in (DEFAULT_TRACE.name, FULL_AZURE_CONV):
+        return
+    first, end = serving["rows"]
+    if args.offset < end and args.offset + args.requests > first:
+        sys.exit(f"fidelity: rows {args.offset}-{args.offset + args.requests} of {source.name} overlap rows "
+                 f"{first}-{end}, whose steps the profile ({profile.path.name}) fitted; take --offset "
+                 f"{end} or more (rows past 2,000: --trace the full {FULL_AZURE_CONV})")
 
 
 def trace_source(args) -> Path:
@@ -520,7 +521,6 @@ def rescore(args) -> None:
     source = trace_source(args)
     if source.name != recorded["trace"]:
         sys.exit(f"fidelity: {path} replayed {recorded['trace']}; name that file with --trace (given: {source})")
-    args.kv_dtypes = ",".join(sorted({row["kv_dtype"] for row in recorded["configs"]}))
     check_disjoint(args, source, recorded["gpu_preset"])
     trace = capped_trace(source, args.requests, args.max_prompt, args.max_output,
                          Path(tempfile.mkdtemp(prefix="fidelity-")), args.offset)

@@ -24,9 +24,8 @@ import time
 import numpy as np
 import torch
 
-from bench.common import environment, write_result
+from bench.common import environment, random_weights_model, write_result
 from engine.gpus import get_gpu
-from engine.loader import load_model
 from engine.profile import StepBench, Timer
 
 STATES = ("cold", "hot", "idled", "hot_again")
@@ -64,9 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    device = torch.device(a.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    loaded = load_model(a.model, device=device, dtype=dtype, random_weights=True)
+    device, loaded = random_weights_model(a.model, a.device)
     points = [tuple(int(x) for x in p.split("x")) for p in a.points.split(",")]
     steps = {}  # name -> (seq_lens, new tokens)
     for b, c in points:

@@ -52,16 +52,17 @@ def serving_window(trace: str | None, offset: int) -> tuple[float, float] | None
 
 
 def serving_point(model: str, gpu: str, kv_dtype: str, policy: str, requests: int, trace: str | None,
-                  offset: int = 0):
+                  window: tuple[float, float] | None = None):
     """The simulation of the serving slice: compute mode, seeded random weights (timing does not
-    depend on them), the package's trace unless `trace` names another, from row `offset`."""
+    depend on them), the package's trace unless `trace` names another, from the row that starts
+    `window` (serving_window)."""
     from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
     from kvsim.simulate import Point
 
     engine = EngineOptions(model=model, backend="compute", gpu=gpu, kv_mem_gib=SERVING_KV_MEM_GIB,
                            max_num_seqs=256, random_weights=True)
     workload = WorkloadOptions(trace=trace, rate_scale=SERVING_RATE_SCALE, max_requests=requests,
-                               window=serving_window(trace, offset))
+                               window=window)
     return Point(f"serving-{policy}-{kv_dtype}", engine, CacheOptions(policy, kv_dtype, SERVING_BUDGET_TOKENS),
                  seed=0, workload=workload)
 
@@ -107,7 +108,7 @@ def warm_eager_steps(runner, tokens, cached) -> None:
 
 
 def serving_tables(model: str, gpu: str, kv_dtype: str, block_size: int, graph: dict, requests: int,
-                   trace: str | None = None, offset: int = 0) -> tuple[dict, dict]:
+                   trace: str | None = None, window: tuple[float, float] | None = None) -> tuple[dict, dict]:
     """-> ({table: {column: values}}, notes): the serving slice run once per policy of
     SERVING_POLICIES; steps of more chunks than a row holds are left out (counted in the notes)."""
     from engine.profile_file import MAX_CHUNKS, TABLES, step_row
@@ -118,7 +119,7 @@ def serving_tables(model: str, gpu: str, kv_dtype: str, block_size: int, graph: 
         columns = {c: [] for c in TABLES[name]}
         for policy in policies:
             records: list = []
-            result = run_point(serving_point(model, gpu, kv_dtype, policy, requests, trace, offset),
+            result = run_point(serving_point(model, gpu, kv_dtype, policy, requests, trace, window),
                                on_build=lambda sim, r=records: record_steps(sim, r))
             wide = 0
             for shape, seconds in records:

@@ -168,15 +168,16 @@ def run(config: Config, argv: list[str]) -> int:
         SERVING_REQUESTS if device.type == "cuda" else 0)
     reserve_s = SERVING_RESERVE_S if serving else 0.0  # kept from each dtype's tables for its serving runs
     offset = serving_offset(config.serving_trace, config.serving_offset)
-    if serving:
-        serving_window(config.serving_trace, offset)  # a row past the trace: refused now, not after the grid
+    window = None
+    if serving:  # the trace read once; a row past it refused now, not after the grid
+        window = serving_window(config.serving_trace, offset)
         profile["settings"]["serving_steps"] = serving_settings(serving, config.serving_trace, offset)
 
     def serve(profile: dict, kv: str) -> None:
         began = time.perf_counter()
         try:
             tables, notes = serving_tables(config.model, gpu, kv, config.block_size, profile["settings"]["graph"],
-                                           serving, config.serving_trace, offset)
+                                           serving, config.serving_trace, window)
         except Exception as e:  # noqa: BLE001 - the grid's tables are kept; the fit does without serving rows
             profile["kv_dtypes"][kv]["errors"].append(f"serving steps: {type(e).__name__}: {e}")
             log(f"  serving steps failed ({type(e).__name__}: {e}); the profile keeps its other tables")
