@@ -24,7 +24,9 @@ SERVING_REQUESTS = 300  # ~17 s of an H100 per (KV dtype, policy) for SmolLM2-13
 # the package's trace from this row: rows 750-1050 hold 15.7% prompts over 2,048 tokens (p90 4,076), rows
 # 0-300 6.3% (p90 1,314), the conversation trace's rows 7000-9000 20-27%: long prompts make the continuation
 # chunks beside many decode rows that the profile of 2026-12-06 12:35 (rows 0-300) priced 3-4% fast under H2O.
-# Chosen on those statistics (2026-12-06 13:40), not yet measured
+# Chosen on those statistics (2026-12-06 13:40); measured at 13:56 (H100, rows 750-1050, all three policies):
+# h2o's steps with prefill on fresh rows 9000-9500 -2.0 / -2.2% signed (fp16 / INT8), -3.3 / -4.0% with
+# the 12:35 profile on rows 8500-9000, and every configuration's TTFT but fp16 StreamingLLM's within 5%
 SERVING_OFFSET = 750
 SERVING_RATE_SCALE = 40.0  # arrivals 40x faster: batches of 100-200 sequences, as bench/fidelity.py's
 # table -> the policies served into it: StreamingLLM's steps (contexts capped, no scores) too since the H100

@@ -28,7 +28,7 @@ PROFILE_KV_DTYPES = ("fp32", "fp16", "bf16", "int8", "fp8")  # what the attentio
 
 _GRID = "override the grid's "
 SERVING_RESERVE_S = 50.0  # what the serving runs of one KV dtype take on an H100 (SmolLM2-135M, 300 requests x 3;
-# two took 34-35 s on 2026-12-06 12:35)
+# two took 34-35 s on 2026-12-06 12:35, three 40-44 s at 13:56)
 
 
 @dataclass(frozen=True)
