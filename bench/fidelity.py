@@ -16,8 +16,9 @@ are uniform batches and its fitted correction's rows (random_steps, scored_steps
 the trace's steps are neither (a step equal to a grid point or a fitted composition is counted
 and left out), so no scored composition was fitted to. End to end: output
 throughput, TTFT p50/p99 and TPOT p50/p99 of the analytic run against the compute run. Writes
-fidelity_<gpu>.json to $OUT (else bench/results/) after every configuration, and every compute
-step (composition, measured seconds) to fidelity_steps_<gpu>.json beside it. With --replay, some
+fidelity_<gpu>.json (fidelity_<model>_<gpu>.json for a --model other than SmolLM2-135M) to $OUT
+(else bench/results/) after every configuration, and every compute step (composition, measured
+seconds) to fidelity_steps_<gpu>.json beside it. With --replay, some
 of the run's steps are timed again standalone (back to back, and after the GPU idled as long as it
 did before them in the run: the host's scheduling and eviction time, recorded per step), which
 separates the cost model's own error from the serving loop's effect on a step.
@@ -57,6 +58,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # import the repo's pack
 from bench.common import RESULTS, environment, write_json
 
 E2E = ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "tpot_ms_p50", "tpot_ms_p99")
+DEFAULT_MODEL = "smollm2-135m"  # the real model of the package (random weights on a GPU run: --random-weights)
 FLOORS = {"step_median": 0.05, "step_p95": 0.15, "e2e": 0.05}  # issue 8
 
 
@@ -343,6 +345,11 @@ def smoke_profile(folder: Path, kv_dtypes: str) -> Path:
     return out
 
 
+def output_name(model: str, machine: str) -> str:
+    """fidelity_<gpu>.json for the default model (SmolLM2-135M), fidelity_<model>_<gpu>.json for another."""
+    return f"fidelity_{machine}.json" if model == DEFAULT_MODEL else f"fidelity_{model}_{machine}.json"
+
+
 def make_point(args, kv: str, policy: str, trace: Path, gpu: str, backend: str):
     from kvsim.options import CacheOptions, EngineOptions, WorkloadOptions
     from kvsim.simulate import Point
@@ -597,7 +604,7 @@ def print_row(r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--trace", default=None,
                         help="an Azure-format trace CSV (default: the shipped first 2,000 rows of the conv trace)")
@@ -636,6 +643,8 @@ def main() -> None:
         return rescore(args)
     import torch
 
+    from kvsim.profile_serving import release_device_memory
+
     from engine.gpus import get_gpu
 
     start = time.perf_counter()
@@ -661,7 +670,7 @@ def main() -> None:
               "requests": args.requests, "offset": args.offset, "rate_scale": args.rate_scale, "max_prompt_tokens": args.max_prompt,
               "max_output_tokens": args.max_output, "kv_mem_gib": args.kv_mem_gib, "max_num_seqs": args.max_num_seqs,
               "floors": FLOORS, "configs": [], "complete": False}
-    path = out_dir / f"fidelity_{gpu if cuda else 'cpu_smoke'}.json"
+    path = out_dir / output_name(args.model, gpu if cuda else "cpu_smoke")
     steps_path, steps = path.with_name(path.name.replace("fidelity_", "fidelity_steps_")), {}
     kept_path, kept = path.with_name(path.name.replace("fidelity_", "fidelity_kept_")), {}
     print(f"fidelity: {args.model} on {result.get('gpu', 'cpu')}, {args.requests} requests of {source.name} "
@@ -689,6 +698,7 @@ def main() -> None:
         else:
             result["configs"].append(row)
             print_row(row)
+        release_device_memory()  # the finished configuration's model and KV store
         last = time.perf_counter() - began
         result["wall_s"] = time.perf_counter() - start
         write_json(path, result)

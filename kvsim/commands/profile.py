@@ -60,6 +60,11 @@ class Config:
     prefill_tokens: tuple[int, ...] | None = opt(None, _GRID + "prefill chunk sizes (tokens)", metavar="N[,N]")
     prefill_cached: tuple[int, ...] | None = opt(None, _GRID + "cached tokens before a prefill chunk",
                                                  metavar="N[,N]")
+    random_steps: int | None = opt(None, "seeded random compositions timed a kind of step, decode-only and with "
+                                          "prefill (none: 400, --quick 60; fewer leave a large model's time to the "
+                                          "scored ones)", metavar="N")
+    scored_steps: int | None = opt(None, "seeded random compositions keeping attention scores a kind (none: 80, "
+                                          "--quick 30)", metavar="N")
     warmup: int | None = opt(None, "runs before timing each point (none: 2)", metavar="N")
     reps: int | None = opt(None, "timed runs per point, their median kept (none: 5, --quick 3)", metavar="N")
 
@@ -71,8 +76,10 @@ class Config:
         if self.prefill_cached is not None and (min(self.prefill_cached) < 0 or 0 not in self.prefill_cached):
             raise ConfigError(f"--prefill-cached: values >= 0, 0 among them (chunks with nothing cached are the "
                               f"cost model's base), got {self.prefill_cached}")
-        if self.warmup is not None and self.warmup < 0:
-            raise ConfigError(f"--warmup: must be >= 0, got {self.warmup}")
+        for name in ("warmup", "random_steps", "scored_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
         if not self.scatter_gib >= 0:
             raise ConfigError(f"--scatter-gib: must be >= 0, got {self.scatter_gib}")
         if self.serving_requests is not None and self.serving_requests < 0:
@@ -92,7 +99,8 @@ def grid_of(config: Config):
 
     grid = QUICK if config.quick else ProfileGrid()
     changes = {name: getattr(config, name) for name in ("batches", "contexts", "prefill_tokens", "prefill_cached",
-                                                        "warmup", "reps") if getattr(config, name) is not None}
+                                                        "warmup", "reps", "random_steps", "scored_steps")
+               if getattr(config, name) is not None}
     return dataclasses.replace(grid, **changes)
 
 

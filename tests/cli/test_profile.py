@@ -233,3 +233,21 @@ def test_serving_requests_refusals(tiny, capsys):
     assert "--serving-offset: must be >= 0" in capsys.readouterr().err
     assert main(["profile", "--model", str(tiny), *ARGS, "--serving-requests", "5", "--serving-offset", "5000"]) == 2
     assert "--serving-offset 5000: the trace has 2000 requests" in capsys.readouterr().err
+
+
+@no_gpu
+def test_random_and_scored_step_counts_override_the_grid(tiny, capsys):
+    """--random-steps / --scored-steps set the seeded compositions a kind (a large model's budget can
+    then leave time for the scored ones); unset, the grid's (or --quick's) counts stay."""
+    from engine.profile import QUICK
+    from kvsim.commands.profile import Config, grid_of
+
+    grid = grid_of(Config(random_steps=120, scored_steps=0))
+    assert (grid.random_steps, grid.scored_steps) == (120, 0)
+    assert grid.batches == ProfileGrid().batches  # the rest of the grid as it was
+    quick = grid_of(Config(quick=True, scored_steps=40))
+    assert (quick.random_steps, quick.scored_steps) == (QUICK.random_steps, 40)
+    assert main(["profile", "--model", str(tiny), *ARGS, "--random-steps", "-2"]) == 2
+    assert "--random-steps: must be >= 0, got -2" in capsys.readouterr().err
+    assert main(["profile", "--model", str(tiny), *ARGS, "--scored-steps", "-1"]) == 2
+    assert "--scored-steps: must be >= 0, got -1" in capsys.readouterr().err

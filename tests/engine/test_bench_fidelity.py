@@ -164,3 +164,37 @@ def test_a_slice_the_profile_fitted_is_refused(tmp_path, monkeypatch):
             fidelity.check_disjoint(args(299), Path(name), "h100")
         fidelity.check_disjoint(args(300), Path(name), "h100")
     fidelity.check_disjoint(args(0), Path("mooncake.jsonl"), "h100")  # another trace: nothing fitted
+
+
+def test_a_finished_configurations_backend_is_freed_before_the_next(monkeypatch):
+    """The recorder's wrapper and the backend refer to each other: only the collector frees them, and
+    the next configuration must not allocate its KV store beside the last one's (llama-3.1-8b ran out
+    of an H100's memory at its third configuration). Output files name a model other than SmolLM2."""
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    from kvsim.profile_serving import release_device_memory
+
+    monkeypatch.setattr("kvsim.profile_serving.warm_eager_steps", lambda *a: None)
+
+    class Backend:  # stands in for the compute backend holding the model and the KV store
+        def __init__(self):
+            self.runner = SimpleNamespace(stage=lambda *a: None)
+
+        def execute(self, scheduled, kv, swap_bytes=0):
+            return None
+
+    gc.disable()  # as when a run allocates GPU memory, which the collector's thresholds do not count
+    try:
+        backend = Backend()
+        fidelity.StepRecorder((), keep_every=0).attach(SimpleNamespace(backend=backend))
+        alive = weakref.ref(backend)
+        del backend
+        assert alive() is not None  # the cycle keeps it
+        release_device_memory()
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert fidelity.output_name("smollm2-135m", "h100") == "fidelity_h100.json"
+    assert fidelity.output_name("llama-3.1-8b", "h100") == "fidelity_llama-3.1-8b_h100.json"
