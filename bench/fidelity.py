@@ -643,9 +643,8 @@ def main() -> None:
         return rescore(args)
     import torch
 
-    from kvsim.profile_serving import release_device_memory
-
     from engine.gpus import get_gpu
+    from kvsim.profile_serving import release_device_memory
 
     start = time.perf_counter()
     source = trace_source(args)

@@ -4,7 +4,7 @@
 #   1. bench/kernels.py            decode kernels vs peers, INT8 modes checked and tuned (issue 4)
 #   2. kvsim profile smollm2-135m  the calibrated profile of this GPU (issue 8)
 #   3. bench/fidelity.py           analytic vs compute on held-out trace rows (FIDELITY_OFFSET, default 1500; rows
-#                                  0-9500 were scored by 2026-12-06 14:00: take 9500 on; FIDELITY_TRACE names the full Azure
+#                                  0-10000 were scored by 2026-12-06 14:20: take 10000 on; FIDELITY_TRACE names the full Azure
 #                                  conv trace, carried, for rows past the shipped 2,000), with its replays;
 #                                  FIDELITY_REPEAT=N runs each compute configuration N times more (run-to-run spread)
 #   4. bench/step_overhead.py      where a step's time goes (host, GPU, block-table width)
