@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from bench.common import environment, logit_agreement, write_result
-from engine.loader import load_model
+from bench.common import environment, logit_agreement, random_weights_model, write_result
 from engine.profile import StepBench
 from kernels import fused
 
@@ -156,7 +155,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     assert torch.cuda.is_available(), "bench/step_overhead.py times a GPU"
-    loaded = load_model(a.model, device="cuda", dtype=torch.float16, random_weights=True)
+    _, loaded = random_weights_model(a.model, "cuda")
     bench = StepBench(loaded.model, a.kv_dtype, 16, want_blocks=40000)
     rows = {}
     for name, contexts, chunks, *width in COMPOSITIONS:

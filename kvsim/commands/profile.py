@@ -76,16 +76,12 @@ class Config:
         if self.prefill_cached is not None and (min(self.prefill_cached) < 0 or 0 not in self.prefill_cached):
             raise ConfigError(f"--prefill-cached: values >= 0, 0 among them (chunks with nothing cached are the "
                               f"cost model's base), got {self.prefill_cached}")
-        for name in ("warmup", "random_steps", "scored_steps"):
+        for name in ("warmup", "random_steps", "scored_steps", "serving_requests", "serving_offset"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
         if not self.scatter_gib >= 0:
             raise ConfigError(f"--scatter-gib: must be >= 0, got {self.scatter_gib}")
-        if self.serving_requests is not None and self.serving_requests < 0:
-            raise ConfigError(f"--serving-requests: must be >= 0, got {self.serving_requests}")
-        if self.serving_offset is not None and self.serving_offset < 0:
-            raise ConfigError(f"--serving-offset: must be >= 0, got {self.serving_offset}")
         if self.serving_trace is not None and not Path(self.serving_trace).is_file():
             raise ConfigError(f"--serving-trace {self.serving_trace}: no such file")
         if not self.budget_s > 0:
